@@ -1,0 +1,41 @@
+"""pytest fixtures: the local stack, brought up once per test session.
+
+Tests run inside the stack's private namespaces; start them with
+``python3 -m localstack test`` (see README.md). A test acts as a pico user
+through ``stack.run(user, argv)`` / ``stack.spawn(user, argv)``; whatever
+it spawns is killed when the test ends, passed or failed.
+"""
+
+import pytest
+
+from localstack import Stack, check_namespace
+
+
+def pytest_configure(config):
+    try:
+        check_namespace()
+    except Exception as exc:
+        raise pytest.UsageError(str(exc))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """The pico board (with bugs A and B, as pico.sh has them) and wormhole."""
+    with Stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def fixed_stack(tmp_path_factory):
+    """A second board with the intended access-list semantics, no wormhole."""
+    with Stack(tmp_path_factory.mktemp("fixed"), fixed=True, wormhole=False) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _reap(request):
+    """Kill what a test spawned as a user, also when the test fails."""
+    yield
+    for name in ("stack", "fixed_stack"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).reap()

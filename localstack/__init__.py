@@ -1,0 +1,490 @@
+"""The local stack: everything p2p.py talks to, on one machine, from real parts.
+
+* the pico.sh board stand-in (picoboard.py), reached only through a real
+  OpenSSH server on loopback: one ed25519 key per pico user, each mapped to
+  its user by a forced command, and for each user an ssh config whose
+  ``Host pipe.pico.sh pico.sh`` block points at that sshd;
+* Debian's magic-wormhole mailbox server and transit relay on loopback.
+
+All of it runs inside private namespaces (see ``namespace.py``): a network
+namespace with only ``lo``, so no byte leaves loopback, and a mount
+namespace whose /etc/hosts resolves transit.magic-wormhole.io to the local
+relay. Run "as alice" with ``stack.env("alice")``: her PATH finds an ``ssh``
+that uses her config, so ``ssh pico.sh user`` answers ``alice`` and plain
+``wormhole-william`` uses the local servers.
+
+    with Stack(workdir) as stack:
+        stack.run("alice", ["ssh", "pico.sh", "user"])
+"""
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from localstack.namespace import HERE, TRANSIT_NAME
+
+# Pico users with an account; NEWCOMER has a key but no account ("public").
+USERS = ("alice", "bob", "carol", "diana", "mallory")
+NEWCOMER = "newcomer"
+
+TRANSIT_PORT = 4001  # wormhole-william always dials this port
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has the twisted plugins
+START_TIMEOUT = 20.0
+
+
+class StackError(Exception):
+    """The local stack cannot start or is used outside its namespace."""
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def check_namespace():
+    """Raise StackError unless this process is in the stack's namespaces."""
+    interfaces = sorted(name for _, name in socket.if_nameindex())
+    if interfaces != ["lo"]:
+        raise StackError(
+            "the local stack runs only in a private network namespace "
+            "(this one has %s); run it through `sudo python3 -m localstack "
+            "test` or `sudo python3 -m localstack shell`" % ", ".join(interfaces)
+        )
+    try:
+        address = socket.gethostbyname(TRANSIT_NAME)
+    except OSError:
+        address = ""
+    if not address.startswith("127."):
+        raise StackError(
+            "%s does not resolve to loopback in this mount namespace; run the "
+            "stack through `sudo python3 -m localstack ...`" % TRANSIT_NAME
+        )
+
+
+class Service:
+    """A server process whose output goes to a log, started when it is ready."""
+
+    def __init__(self, name, argv, ready, log_path, env=None):
+        self.name = name
+        self.log_path = log_path
+        self._ready = threading.Event()
+        self._log = open(log_path, "ab")
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        self._reader = threading.Thread(
+            target=self._copy_log, args=(ready.encode(),), daemon=True
+        )
+        self._reader.start()
+        if not self._ready.wait(START_TIMEOUT) or self.process.poll() is not None:
+            self.stop()
+            raise StackError(
+                "%s did not start (no %r within %gs); its log, %s, ends:\n%s"
+                % (name, ready, START_TIMEOUT, log_path, self.log_tail())
+            )
+
+    def _copy_log(self, ready):
+        # Always drain the pipe: a server that cannot write its log stalls.
+        for line in self.process.stdout:
+            self._log.write(line)
+            self._log.flush()
+            if ready in line:
+                self._ready.set()
+        self._ready.set()
+
+    def log_tail(self, lines=20):
+        with open(self.log_path, "rb") as log:
+            return b"".join(log.readlines()[-lines:]).decode(errors="replace")
+
+    def stop(self, timeout=5.0):
+        """Stop the server and everything in its process group."""
+        if self.process.poll() is None:
+            _signal_group(self.process, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process, signal.SIGKILL)
+                self.process.wait(timeout)
+        # A server's children (sshd's per-connection processes) share its group.
+        _signal_group(self.process, signal.SIGKILL)
+        self._reader.join(timeout)
+        self._log.close()
+
+
+def processes_mentioning(text):
+    """Pids of the processes whose command line contains text."""
+    needle = os.fsencode(text)
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as f:
+                    if needle in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass  # it ended while we looked
+    return found
+
+
+def kill_and_wait(pids, timeout=5.0):
+    """SIGKILL each pid and wait until it has exited (not only signalled)."""
+    for pid in pids:
+        try:
+            handle = os.pidfd_open(pid)
+        except OSError:
+            continue  # already gone
+        try:
+            os.kill(pid, signal.SIGKILL)
+            select.select([handle], [], [], timeout)  # readable once it exits
+        except OSError:
+            pass
+        finally:
+            os.close(handle)
+
+
+def _signal_group(process, signum):
+    try:
+        os.killpg(process.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class Stack:
+    """The pico board behind sshd and, optionally, the wormhole servers.
+
+    ``fixed=True`` gives a board with the intended access-list semantics
+    (no bug A or B). Only one stack with ``wormhole=True`` can run in a
+    namespace: wormhole-william dials the transit relay on a fixed port.
+    """
+
+    def __init__(self, root, users=USERS, fixed=False, wormhole=True):
+        self.root = os.path.abspath(root)
+        self.users = tuple(users) + (NEWCOMER,)
+        self.fixed = fixed
+        self.wormhole = wormhole
+        self.services = []
+        self.processes = []
+        self.relay_url = None
+
+    # -- life cycle -----------------------------------------------------------
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self):
+        check_namespace()
+        os.makedirs(self.root, exist_ok=True)
+        try:
+            self._start_board()
+            if self.wormhole:
+                self._start_wormhole()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self):
+        """Stop every process of the stack and every one started as a user."""
+        self.reap()
+        # The board last: sshd's sessions end when it closes their sockets.
+        for service in reversed(self.services):
+            service.stop()
+        self.services = []
+        # Session relays are sshd's grandchildren in sessions of their own:
+        # find them by the stack's directory on their command line.
+        kill_and_wait(processes_mentioning(self.root))
+
+    def _start(self, name, argv, ready):
+        service = Service(name, argv, ready, os.path.join(self.root, name + ".log"))
+        self.services.append(service)
+        return service
+
+    def _start_board(self):
+        self.pipe_port, self.pico_port = free_port(), free_port()
+        self.board_socket = os.path.join(self.root, "board.sock")
+        host_key = self._keygen(os.path.join(self.root, "ssh_host_ed25519_key"))
+        authorized = [self._authorize(user) for user in self.users]
+        _write(os.path.join(self.root, "authorized_keys"), "".join(authorized))
+        known = "[127.0.0.1]:%d,[127.0.0.1]:%d %s" % (
+            self.pipe_port, self.pico_port, _read(host_key + ".pub")
+        )
+        _write(os.path.join(self.root, "known_hosts"), known)
+        for user in self.users:
+            self._write_user_files(user)
+        config = os.path.join(self.root, "sshd_config")
+        _write(config, SSHD_CONFIG.format(
+            pipe_port=self.pipe_port, pico_port=self.pico_port,
+            host_key=host_key, root=self.root,
+        ))
+        # sshd needs its privilege separation directory; the namespace's /run
+        # is a private tmpfs, so this touches nothing on the machine.
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        board = [sys.executable, "-u", os.path.join(HERE, "picoboard.py"), "serve",
+                 "--socket", self.board_socket, "--pipe-port", str(self.pipe_port),
+                 "--pico-port", str(self.pico_port)]
+        self._start("picoboard", board + (["--fixed"] if self.fixed else []),
+                    "board ready")
+        # One "listening" line per port; the last one means both are bound.
+        self._start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", config],
+                    "port %d" % self.pico_port)
+
+    def _start_wormhole(self):
+        mailbox_port = free_port()
+        self._start("mailbox", [
+            SYSTEM_PYTHON, "-m", "twisted", "--log-format=text", "wormhole-mailbox",
+            "--port=tcp:%d:interface=127.0.0.1" % mailbox_port,
+            "--channel-db=" + os.path.join(self.root, "relay.sqlite"),
+        ], "starting on")
+        self._start("transit", [
+            SYSTEM_PYTHON, "-m", "twisted", "--log-format=text", "transitrelay",
+            "--port=tcp:%d:interface=%s" % (
+                TRANSIT_PORT, socket.gethostbyname(TRANSIT_NAME)),
+        ], "starting on")
+        self.relay_url = "ws://127.0.0.1:%d/v1" % mailbox_port
+
+    # -- users ----------------------------------------------------------------
+
+    def _keygen(self, path, comment=""):
+        if not os.path.exists(path):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+                 "-f", path], check=True, stdin=subprocess.DEVNULL,
+            )
+        return path
+
+    def user_dir(self, user):
+        return os.path.join(self.root, "users", user)
+
+    def ssh_config(self, user):
+        """The ssh config file that makes ``ssh -F FILE pico.sh`` reach us as user."""
+        return os.path.join(self.user_dir(user), "ssh_config")
+
+    def fingerprint(self, user):
+        """The SHA256 fingerprint of the user's key, as ``-a`` lists take it."""
+        key = os.path.join(self.user_dir(user), "id_ed25519.pub")
+        out = subprocess.run(["ssh-keygen", "-l", "-f", key], check=True,
+                             capture_output=True, text=True).stdout
+        return out.split()[1]
+
+    def _authorize(self, user):
+        os.makedirs(os.path.join(self.user_dir(user), "home"), exist_ok=True)
+        key = self._keygen(os.path.join(self.user_dir(user), "id_ed25519"), user)
+        account = "" if user == NEWCOMER else user
+        command = "%s -I -S %s session --socket %s --user '%s' --fingerprint %s" % (
+            sys.executable, os.path.join(HERE, "picoboard.py"), self.board_socket,
+            account, self.fingerprint(user),
+        )
+        return 'command="%s",restrict %s' % (command, _read(key + ".pub"))
+
+    def _write_user_files(self, user):
+        directory = self.user_dir(user)
+        _write(self.ssh_config(user), SSH_CONFIG.format(
+            pipe_port=self.pipe_port, pico_port=self.pico_port,
+            key=os.path.join(directory, "id_ed25519"),
+            known_hosts=os.path.join(self.root, "known_hosts"),
+        ))
+        wrapper = os.path.join(directory, "bin", "ssh")
+        os.makedirs(os.path.dirname(wrapper), exist_ok=True)
+        _write(wrapper, '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n'
+               % self.ssh_config(user))
+        os.chmod(wrapper, 0o755)
+
+    def env(self, user, base=None):
+        """The environment of a process run as ``user`` on this stack."""
+        env = dict(os.environ if base is None else base)
+        env["PATH"] = os.path.join(self.user_dir(user), "bin") + os.pathsep + env.get(
+            "PATH", os.defpath)
+        env["HOME"] = os.path.join(self.user_dir(user), "home")
+        env.pop("SSH_AUTH_SOCK", None)  # only the user's own key may answer
+        if self.relay_url:
+            env["WORMHOLE_RELAY_URL"] = self.relay_url
+        return env
+
+    def run(self, user, argv, timeout=30, **kwargs):
+        """Run a command as ``user`` and wait for it (subprocess.run)."""
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("cwd", self.env(user)["HOME"])
+        if "input" not in kwargs:
+            kwargs.setdefault("stdin", subprocess.DEVNULL)
+        return subprocess.run(argv, env=self.env(user), timeout=timeout, **kwargs)
+
+    def spawn(self, user, argv, **kwargs):
+        """Start a command as ``user``; the stack kills it when it stops."""
+        kwargs.setdefault("cwd", self.env(user)["HOME"])
+        process = subprocess.Popen(argv, env=self.env(user),
+                                   start_new_session=True, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def session(self, user, *args, host="pipe.pico.sh"):
+        """Start ``ssh HOST ARGS...`` as user; see SshSession."""
+        return SshSession(self, user, args, host)
+
+    def ls(self, user):
+        """What ``ssh pipe.pico.sh ls`` shows the user, CRLF line ends kept."""
+        return self.run(user, ["ssh", "pipe.pico.sh", "ls"], text=False).stdout.decode()
+
+    def reap(self):
+        """Kill what was spawned as users and is still running."""
+        for process in self.processes:
+            if process.poll() is None:
+                _signal_group(process, signal.SIGKILL)
+            process.wait()
+        self.processes = []
+
+
+SSHD_CONFIG = """\
+# The pico.sh stand-in: pipe.pico.sh on one port, pico.sh on the other.
+ListenAddress 127.0.0.1:{pipe_port}
+ListenAddress 127.0.0.1:{pico_port}
+HostKey {host_key}
+PidFile none
+AuthorizedKeysFile {root}/authorized_keys
+PermitRootLogin forced-commands-only
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+# Keep the login shell from reading the real home's start-up files.
+SetEnv HOME={root}
+# pico.sh pings every 5 s and drops clients that vanish.
+ClientAliveInterval 5
+ClientAliveCountMax 1
+MaxStartups 100:30:200
+MaxSessions 100
+LogLevel INFO
+"""
+
+SSH_CONFIG = """\
+# pico.sh on the local stack (the port tells the two hosts apart).
+Host pico.sh
+    Port {pico_port}
+
+Host pipe.pico.sh pico.sh
+    HostName 127.0.0.1
+    Port {pipe_port}
+    User root
+    IdentityFile {key}
+    IdentitiesOnly yes
+    IdentityAgent none
+    UserKnownHostsFile {known_hosts}
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    LogLevel ERROR
+"""
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+# -- helpers for tests: a live ssh session, a condition with a deadline ---------
+
+class SshSession:
+    """A running ``ssh pipe.pico.sh ...`` as a user, its output read as it comes."""
+
+    def __init__(self, stack, user, args, host="pipe.pico.sh"):
+        self.user = user
+        self.process = stack.spawn(
+            user, ["ssh", host] + list(args), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self._changed = threading.Condition()
+        self._streams = {"stdout": bytearray(), "stderr": bytearray()}
+        self._readers = [
+            threading.Thread(target=self._read, args=(name,), daemon=True)
+            for name in self._streams
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, name):
+        stream = getattr(self.process, name)
+        while True:
+            data = stream.read1(1 << 16)
+            with self._changed:
+                if data:
+                    self._streams[name] += data
+                self._changed.notify_all()
+            if not data:
+                return
+
+    @property
+    def output(self):
+        with self._changed:
+            return bytes(self._streams["stdout"])
+
+    @property
+    def errors(self):
+        with self._changed:
+            return bytes(self._streams["stderr"])
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode()
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def expect(self, data, timeout=15.0, stream="stdout"):
+        """Wait until ``data`` has arrived on the stream; fail after timeout."""
+        if isinstance(data, str):
+            data = data.encode()
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: data in self._streams[stream], timeout
+            ):
+                raise AssertionError(
+                    "%s never got %r on %s within %gs; it got %r"
+                    % (self.user, data[:80], stream, timeout,
+                       bytes(self._streams[stream][-200:]))
+                )
+
+    def close(self, timeout=15.0):
+        """Close stdin and return the exit status of ssh."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        return self.wait(timeout)
+
+    def wait(self, timeout=15.0):
+        """Wait for ssh to exit (and its output to be read); its status."""
+        status = self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return status
+
+
+def wait_until(predicate, timeout=15.0, what="the condition"):
+    """Return predicate()'s first true value; fail when timeout passes.
+
+    For state that no event announces (what ``ls`` shows): it asks again
+    as soon as each answer is in, with no fixed sleep.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("%s did not happen within %gs" % (what, timeout))

@@ -1,0 +1,114 @@
+"""Bring up the local stack, or run the tests on it.
+
+    python3 -m localstack test [PYTEST ARGS]   install what is missing, run pytest
+    python3 -m localstack shell [USER] [-- CMD ...]
+                                               a shell (or CMD) as USER on a stack
+    python3 -m localstack install              install the Debian packages and pytest
+
+All of them need root: apt-get, unshare and mount do. Not root, they ask
+sudo. Nothing outside the private namespaces is changed but the packages.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from localstack import NEWCOMER, USERS, Stack, namespace
+
+APT_PACKAGES = (
+    "openssh-server", "openssh-client", "wormhole-william",
+    "python3-magic-wormhole-mailbox-server", "magic-wormhole-transit-relay",
+    "iproute2", "util-linux", "mount",
+)
+
+
+def install():
+    """Install the Debian packages and pytest when they are missing."""
+    missing = [p for p in APT_PACKAGES if not _installed(p)]
+    if missing:
+        print("localstack: installing %s" % " ".join(missing), flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env,
+                       stdin=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends"]
+                       + missing, check=True, env=env, stdin=subprocess.DEVNULL)
+    if subprocess.run([sys.executable, "-c", "import pytest"],
+                      capture_output=True).returncode != 0:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pytest"],
+                       check=True, stdin=subprocess.DEVNULL)
+
+
+def _installed(package):
+    status = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True
+    ).stdout
+    return status.endswith("installed") and "not-installed" not in status
+
+
+def shell(user, command, fixed=False):
+    """Start a stack, run command as user on it (inside the namespace)."""
+    workdir = tempfile.mkdtemp(prefix="localstack-")
+    try:
+        with Stack(workdir, fixed=fixed) as stack:
+            print("localstack: pico board behind sshd on 127.0.0.1:%d (pipe.pico.sh)"
+                  " and :%d (pico.sh)" % (stack.pipe_port, stack.pico_port))
+            print("localstack: WORMHOLE_RELAY_URL=%s, transit relay on "
+                  "127.0.0.1:4001" % stack.relay_url)
+            print("localstack: users %s; logs and keys in %s"
+                  % (", ".join(stack.users), workdir))
+            print("localstack: you are %s: try `ssh pico.sh user`" % user, flush=True)
+            env = stack.env(user)
+            env["PS1"] = "(%s on localstack) $ " % user
+            return subprocess.call(command, env=env, cwd=env["HOME"])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = []
+    if "--" in argv:
+        command = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
+    parser = argparse.ArgumentParser(
+        prog="python3 -m localstack", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("test", help="install what is missing, run pytest")
+    commands.add_parser("install", help="install the Debian packages and pytest")
+    for name in ("shell", "_shell"):  # _shell: the shell, in the namespace
+        sh = commands.add_parser(name, help="a shell, or -- CMD, as a user")
+        sh.add_argument("user", nargs="?", default="alice",
+                        choices=USERS + (NEWCOMER,))
+        sh.add_argument("--fixed", action="store_true",
+                        help="a board without pico.sh's access-list bugs A and B")
+    args, pytest_args = parser.parse_known_args(argv)
+    if args.command != "test" and pytest_args:
+        parser.error("unrecognized arguments: %s" % " ".join(pytest_args))
+
+    if args.command == "_shell":
+        return shell(args.user, command, args.fixed)
+    if os.geteuid() != 0:
+        if not shutil.which("sudo"):
+            sys.exit("localstack: needs root for apt-get, unshare and mount; "
+                     "run it as root")
+        print("localstack: needs root for apt-get, unshare and mount: asking sudo",
+              file=sys.stderr)
+        os.execvp("sudo", ["sudo", "-E", sys.executable, "-m", "localstack"]
+                  + sys.argv[1:])
+    install()
+    if args.command == "install":
+        return 0
+    os.chdir(namespace.REPO)
+    if args.command == "test":
+        return namespace.enter([sys.executable, "-m", "pytest"] + pytest_args + command)
+    inner = [sys.executable, "-m", "localstack", "_shell", args.user]
+    inner += ["--fixed"] if args.fixed else []
+    return namespace.enter(
+        inner + ["--"] + (command or [os.environ.get("SHELL", "/bin/sh"), "-i"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
