@@ -26,9 +26,11 @@ def stack(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def fixed_stack(tmp_path_factory):
-    """A second board with the intended access-list semantics, no wormhole."""
+def fixed_stack(tmp_path_factory, stack):
+    """A second board with the intended access-list semantics (no bug A or B);
+    its users share the first stack's wormhole servers."""
     with Stack(tmp_path_factory.mktemp("fixed"), fixed=True, wormhole=False) as running:
+        running.relay_url = stack.relay_url
         yield running
 
 

@@ -311,26 +311,44 @@ class Stack:
             env["WORMHOLE_RELAY_URL"] = self.relay_url
         return env
 
-    def run(self, user, argv, timeout=30, **kwargs):
-        """Run a command as ``user`` and wait for it (subprocess.run)."""
-        kwargs.setdefault("capture_output", True)
-        kwargs.setdefault("text", True)
-        kwargs.setdefault("cwd", self.env(user)["HOME"])
-        if "input" not in kwargs:
-            kwargs.setdefault("stdin", subprocess.DEVNULL)
-        return subprocess.run(argv, env=self.env(user), timeout=timeout, **kwargs)
+    def run(self, user, argv, timeout=30, input=None, text=True, env=None, **kwargs):
+        """Run a command as ``user`` and wait for it; a CompletedProcess."""
+        process = self.spawn(
+            user, argv, env=env, text=text, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL if input is None else subprocess.PIPE, **kwargs)
+        try:
+            out, err = process.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            out, err = process.communicate()
+            raise AssertionError("%s as %s did not finish within %gs; it printed %r %r"
+                                 % (argv, user, timeout, out, err)) from None
+        return subprocess.CompletedProcess(argv, process.returncode, out, err)
 
-    def spawn(self, user, argv, **kwargs):
-        """Start a command as ``user``; the stack kills it when it stops."""
-        kwargs.setdefault("cwd", self.env(user)["HOME"])
-        process = subprocess.Popen(argv, env=self.env(user),
-                                   start_new_session=True, **kwargs)
+    def spawn(self, user, argv, env=None, **kwargs):
+        """Start a command as ``user``; the stack kills it when it stops.
+
+        env adds to (or, with None values, removes from) the user's environment.
+        """
+        full = self.env(user)
+        for name, value in (env or {}).items():
+            if value is None:
+                full.pop(name, None)
+            else:
+                full[name] = value
+        kwargs.setdefault("cwd", full["HOME"])
+        process = subprocess.Popen(argv, env=full, start_new_session=True, **kwargs)
         self.processes.append(process)
         return process
 
     def session(self, user, *args, host="pipe.pico.sh"):
-        """Start ``ssh HOST ARGS...`` as user; see SshSession."""
-        return SshSession(self, user, args, host)
+        """Start ``ssh HOST ARGS...`` as user; see Session."""
+        return Session(self, user, ["ssh", host] + list(args))
+
+    def process(self, user, argv, **kwargs):
+        """Start argv as user; see Session."""
+        return Session(self, user, argv, **kwargs)
 
     def ls(self, user):
         """What ``ssh pipe.pico.sh ls`` shows the user, CRLF line ends kept."""
@@ -400,14 +418,14 @@ def _write(path, text):
 
 # -- helpers for tests: a live ssh session, a condition with a deadline ---------
 
-class SshSession:
-    """A running ``ssh pipe.pico.sh ...`` as a user, its output read as it comes."""
+class Session:
+    """A command running as a user, its output read as it comes."""
 
-    def __init__(self, stack, user, args, host="pipe.pico.sh"):
+    def __init__(self, stack, user, argv, **kwargs):
         self.user = user
         self.process = stack.spawn(
-            user, ["ssh", host] + list(args), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            user, list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, **kwargs
         )
         self._changed = threading.Condition()
         self._streams = {"stdout": bytearray(), "stderr": bytearray()}

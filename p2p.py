@@ -1,0 +1,1470 @@
+"""p2p.py: a peer-to-peer compute cluster for Python over outbound SSH.
+
+    # alice opens a cluster:      python -m p2p host alice/p2p --users bob,carol
+    # anyone on it adds compute:  python -m p2p worker alice/p2p
+    import p2p
+
+    with p2p.Executor("alice/p2p") as ex:        # a concurrent.futures.Executor
+        print(ex.submit(pow, 2, 10).result())    # 1024, computed by a worker
+        print(list(ex.map(lambda x: x * x, range(10))))
+    f = p2p.submit(os.getpid)                    # on P2P_CLUSTER, by default
+    print(f.result())                            # your personal cluster
+
+
+Peers meet on a pico.sh pipe (``ssh pipe.pico.sh pipe TOPIC``), a message
+board where each message is one short line. Tasks and results never go
+through the board: they travel peer to peer with wormhole-william
+(magic-wormhole, end-to-end encrypted), under codes that only the two peers
+of a transfer can compute.
+
+How a task travels:
+
+    client                         board                        worker
+      |  <------------------------ idle W ------------------------- |
+      |  -- assign T to W, g^a ------------------------------------> |
+      |  <----------------------- accept T, g^b -------------------- |
+      |  == wormhole: task, code from g^ab ========================> |
+      |  <----------------------- result T ------------------------- |
+      |  <========================= wormhole: result, code from g^ab |
+
+Three board lines per task, whatever the number of workers. Functions and
+classes that pickle cannot send by reference (lambdas, closures, those of
+``__main__``) are sent by value. Each task runs in a child process of its
+worker, so a task that crashes fails alone.
+"""
+
+import argparse
+import atexit
+import base64
+import builtins
+import collections
+import concurrent.futures
+import hashlib
+import importlib
+import io
+import itertools
+import json
+import logging
+import marshal
+import os
+import pickle
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import types
+import warnings
+
+__version__ = "0.1.0"
+__all__ = [
+    "Executor", "submit", "map", "whoami",
+    "P2PError", "ClusterError", "TransferError", "TaskCrashed", "__version__",
+]
+
+log = logging.getLogger("p2p")
+
+
+# -- errors ---------------------------------------------------------------------
+
+class P2PError(Exception):
+    """Something p2p.py cannot do; the message says what to do about it."""
+
+
+class ClusterError(P2PError):
+    """The cluster cannot be reached as you: not hosted, or you are not a member."""
+
+
+class TransferError(P2PError):
+    """A wormhole transfer failed, stalled or brought the wrong payload."""
+
+
+class TaskCrashed(P2PError):
+    """The process running a task died (os._exit, a signal, a segfault)."""
+
+
+class _RemoteTraceback(Exception):
+    """Carries a worker's traceback text as the __cause__ of its exception."""
+
+    def __init__(self, text):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+# -- configuration -----------------------------------------------------------------
+
+PY = "%d.%d" % sys.version_info[:2]  # by-value code runs only on the same minor
+JOIN_TIMEOUT = 15.0  # seconds to find a cluster's host before giving up
+ANSWER_TIMEOUT = 3.0  # seconds to wait for a host's welcome on one connection
+ASSIGN_TIMEOUT = 10.0  # seconds for a worker to accept an assignment
+HOST_CHECK = 3.0  # seconds between the host's looks at ls
+IDLE_EVERY = 15.0  # seconds between an idle worker's announcements
+TRANSFER_TRIES = 3  # assignments of one task before a transfer failure is final
+_LOST_TASK = "the task did not arrive"  # a worker's decline after a failed transfer
+MAX_LINE = 4096  # longer board lines are noise
+
+
+class Config:
+    """Settings, from arguments or else the environment (same names).
+
+    host      P2P_HOST       the board's ssh host (pipe.pico.sh)
+    ssh_args  P2P_SSH_ARGS   extra ssh arguments, a shell-like string
+                             ("-J somehost", "-F ~/.ssh/pico_config")
+    wormhole  P2P_WORMHOLE   the wormhole-william binary (found on PATH)
+    debug     P2P_DEBUG=1    log every ssh and wormhole command and message
+    """
+
+    def __init__(self, host=None, ssh_args=None, wormhole=None, debug=None):
+        env = os.environ
+        self.host = host or env.get("P2P_HOST") or "pipe.pico.sh"
+        if ssh_args is None:
+            ssh_args = env.get("P2P_SSH_ARGS", "")
+        self.ssh_args = shlex.split(ssh_args) if isinstance(ssh_args, str) else list(ssh_args)
+        self.wormhole = wormhole or env.get("P2P_WORMHOLE") or "wormhole-william"
+        self.debug = env.get("P2P_DEBUG", "") not in ("", "0") if debug is None else debug
+
+    @property
+    def account_host(self):
+        """Where ``ssh HOST user`` answers: pico.sh for pipe.pico.sh."""
+        return self.host[len("pipe."):] if self.host.startswith("pipe.") else self.host
+
+
+class Cluster:
+    """A cluster name, ``owner/name``; its board is the pipe ``owner/name/board``."""
+
+    def __init__(self, name):
+        owner, _, rest = str(name).partition("/")
+        if not owner or not rest or any(c.isspace() for c in name) or "/" in rest:
+            raise P2PError(
+                "%r is not a cluster name: use owner/name, e.g. alice/p2p "
+                "(owner is the pico.sh user who hosts it)" % (name,))
+        self.name, self.owner, self.short = name, owner, rest
+        self.channel = name + "/board"
+        self.personal = rest == "personal"
+
+    def __str__(self):
+        return self.name
+
+
+def _default_cluster(user):
+    return os.environ.get("P2P_CLUSTER") or "%s/personal" % user
+
+
+# -- identity --------------------------------------------------------------------------
+
+def _ssh(config, host, words, **popen):
+    """Start ``ssh HOST WORDS...`` with the configured arguments: the one way to ssh."""
+    if shutil.which("ssh") is None:
+        raise P2PError("ssh was not found on PATH: install the OpenSSH client "
+                       "(e.g. apt install openssh-client) and try again")
+    argv = (["ssh", "-T"] + config.ssh_args +
+            ["-o", "BatchMode=yes", "-o", "ServerAliveInterval=15",
+             "-o", "ServerAliveCountMax=3", host] + list(words))
+    if config.debug:
+        log.debug("run: %s", shlex.join(argv))
+    popen.setdefault("stdin", subprocess.DEVNULL)
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen(argv, **popen)
+
+
+def _ssh_output(config, host, words, timeout=30.0):
+    """Run an ssh command to completion and return its stdout, or raise P2PError."""
+    process = _ssh(config, host, words)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise P2PError("`ssh %s %s` did not answer within %gs: check your network "
+                       "and P2P_SSH_ARGS" % (host, " ".join(words), timeout)) from None
+    if process.returncode != 0:
+        said = err.decode(errors="replace").strip() or "nothing"
+        hint = ""
+        if "need to create an account" in said:
+            hint = " Create a pico.sh account first: run `ssh pico.sh` and pick a user name."
+        elif "Permission denied" in said:
+            hint = " Your ssh key is not registered with pico.sh: run `ssh pico.sh`."
+        elif "Host key verification failed" in said:
+            hint = (" Accept pico.sh's host key once: run `ssh %s` and answer yes."
+                    % host)
+        raise P2PError("`ssh %s %s` failed (exit %d); ssh said: %s.%s"
+                       % (host, " ".join(words), process.returncode, said, hint))
+    return out.decode(errors="replace")
+
+
+_users = {}
+
+
+def whoami(config=None):
+    """Your pico.sh user name, as ``ssh pico.sh user`` tells it."""
+    config = config or Config()
+    key = (config.account_host, tuple(config.ssh_args))
+    if key not in _users:
+        text = _ssh_output(config, config.account_host, ["user"])
+        name = text.splitlines()[0].strip() if text.strip() else ""
+        if not name or " " in name:
+            raise P2PError("`ssh %s user` gave no user name (it said %r): check "
+                           "P2P_HOST" % (config.account_host, text[:200]))
+        _users[key] = name
+    return _users[key]
+
+
+def _peer_id(user, suffix=""):
+    return "%s@%s:%d%s" % (user, socket.gethostname(), os.getpid(), suffix)
+
+
+# -- board -----------------------------------------------------------------------------
+
+class _Board:
+    """One ssh pipe to a cluster's board; it reconnects when the server drops it.
+
+    Lines that do not parse (pieces of lines cut by the server, noise,
+    other versions) are dropped; every other message goes to on_message,
+    in the reader thread, which must not block.
+    """
+
+    def __init__(self, config, channel, on_message, on_drop, access=None):
+        self.config = config
+        self.channel = channel
+        self.access = access
+        self.on_message = on_message
+        self.on_drop = on_drop
+        self._process = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.errors = collections.deque(maxlen=20)
+
+    def connect(self):
+        """Open a new ssh session to the board (closing any previous one)."""
+        words = ["pipe", self.channel]
+        if self.access is not None:
+            words += ["-a", ",".join(self.access)]
+        with self._lock:
+            self._drop_process()
+            self._process = _ssh(self.config, self.config.host, words,
+                                 stdin=subprocess.PIPE)
+            process = self._process
+        threading.Thread(target=self._read, args=(process,), daemon=True,
+                         name="p2p-board").start()
+        threading.Thread(target=self._read_errors, args=(process,), daemon=True,
+                         name="p2p-board-errors").start()
+
+    def send(self, kind, **fields):
+        """Write one message; a message written while disconnected is lost."""
+        line = _encode(kind, **fields)
+        if self.config.debug:
+            log.debug("send: %s", line.decode().rstrip())
+        with self._lock:
+            try:
+                self._process.stdin.write(line)
+                self._process.stdin.flush()
+            except (AttributeError, OSError, ValueError):
+                pass  # the reader notices the drop and reconnects
+
+    def disconnect(self):
+        """End the current session without reconnecting."""
+        with self._lock:
+            self._drop_process()
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+            self._drop_process()
+
+    def _drop_process(self):
+        if self._process is not None:
+            try:
+                self._process.stdin.close()
+            except OSError:
+                pass
+            if self._process.poll() is None:
+                self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+            self._process = None
+
+    def _read(self, process):
+        pending = b""
+        for chunk in iter(lambda: process.stdout.read1(65536), b""):
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            if len(pending) > MAX_LINE:
+                pending = b""
+            for line in lines:
+                message = _decode(line)
+                if self.config.debug:
+                    log.debug("board: %s", line[:300].decode(errors="replace")
+                              if message else "noise %r" % line[:80])
+                if message is not None:
+                    self.on_message(message)
+        with self._lock:
+            current = process is self._process and not self._closed
+        if current:
+            self.on_drop()
+
+    def _read_errors(self, process):
+        for line in process.stderr:
+            self.errors.append(line.decode(errors="replace").strip())
+
+
+def _ls(config):
+    """{channel: (access list or None, [pico users connected])} from ssh ls."""
+    channels, current = {}, None
+    for line in _ssh_output(config, config.host, ["ls"]).splitlines():
+        line = line.rstrip("\r")
+        if line.startswith("- ") and ":" in line:
+            name, _, rest = line[2:].partition(":")
+            listed = None
+            if "(Access List: " in rest:
+                listed = rest.split("(Access List: ", 1)[1].rstrip(")").split(", ")
+            current = channels[name.strip()] = (listed, [])
+        elif current is not None and "(" in line and "@" in line:
+            current[1].append(line.rsplit("(", 1)[1].split("@", 1)[0])
+    return channels
+
+
+# -- wire messages ------------------------------------------------------------------------
+
+_PREFIX = b"p2p1 "
+# Each kind's fields and their types; other fields are ignored.
+_MESSAGES = {
+    "hello": {"id": str, "role": str, "user": str, "py": str},
+    "welcome": {"id": str, "to": str, "intruders": list},
+    "denied": {"id": str, "to": str, "why": str},
+    "intruders": {"id": str, "users": list},
+    "idle": {"id": str, "py": str},
+    "assign": {"id": str, "to": str, "task": str, "dh": str, "py": str, "size": int},
+    "accept": {"id": str, "to": str, "task": str, "dh": str},
+    "decline": {"id": str, "to": str, "task": str, "why": str},
+    "result": {"id": str, "to": str, "task": str, "size": int},
+    "bye": {"id": str},
+}
+
+
+class _Message(dict):
+    """A decoded board message: msg.kind, msg["field"]."""
+
+    @property
+    def kind(self):
+        return self["k"]
+
+
+def _encode(kind, **fields):
+    fields["k"] = kind
+    return _PREFIX + json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+
+
+def _decode(line):
+    """The message on a board line, or None for anything malformed."""
+    line = line.strip()
+    if not line.startswith(_PREFIX) or len(line) > MAX_LINE:
+        return None
+    try:
+        fields = json.loads(line[len(_PREFIX):])
+    except ValueError:
+        return None
+    if not isinstance(fields, dict) or fields.get("k") not in _MESSAGES:
+        return None
+    for name, kind in _MESSAGES[fields["k"]].items():
+        if not isinstance(fields.get(name), kind) or isinstance(fields.get(name), bool):
+            return None
+    return _Message(fields)
+
+
+# -- serialization --------------------------------------------------------------------------
+
+def _importable(obj):
+    """True when pickle can send obj by reference (module + qualified name)."""
+    module_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", "")
+    if module_name in (None, "__main__") or "<" in qualname:
+        return False
+    found = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found is obj
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles what plain pickle refuses: lambdas, closures, __main__ code."""
+
+    def __init__(self, file):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.by_value = False  # True when the payload carries code objects
+
+    def reducer_override(self, obj):
+        if isinstance(obj, types.FunctionType) and not _importable(obj):
+            self.by_value = True
+            return _reduce_function(obj)
+        if isinstance(obj, type) and not _importable(obj):
+            self.by_value = True
+            return _reduce_class(obj)
+        if isinstance(obj, types.ModuleType):
+            return importlib.import_module, (obj.__name__,)
+        if isinstance(obj, (staticmethod, classmethod)):
+            return type(obj), (obj.__func__,)
+        if isinstance(obj, property):
+            return property, (obj.fget, obj.fset, obj.fdel, obj.__doc__)
+        return NotImplemented
+
+
+def _dumps(obj):
+    """(bytes, by_value) for obj."""
+    buffer = io.BytesIO()
+    pickler = _Pickler(buffer)
+    pickler.dump(obj)
+    return buffer.getvalue(), pickler.by_value
+
+
+class _EmptyCell:
+    """Stands for a closure cell with no value yet."""
+
+
+def _global_names(code):
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _reduce_function(func):
+    cells = [c.cell_contents if _cell_filled(c) else _EmptyCell
+             for c in func.__closure__ or ()]
+    known = func.__globals__
+    state = {
+        "globals": {n: known[n] for n in _global_names(func.__code__) if n in known},
+        "defaults": func.__defaults__, "kwdefaults": func.__kwdefaults__,
+        "closure": cells, "dict": func.__dict__, "module": func.__module__,
+        "qualname": func.__qualname__, "doc": func.__doc__,
+    }
+    args = (PY, marshal.dumps(func.__code__), func.__name__, len(cells))
+    # State comes after the function is memoized, so recursion resolves.
+    return _make_function, args, state, None, None, _fill_function
+
+
+def _cell_filled(cell):
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _make_function(py, code, name, ncells):
+    if py != PY:
+        raise P2PError("this task's code was written for Python %s and cannot run "
+                       "on Python %s" % (py, PY))
+    cells = tuple(types.CellType() for _ in range(ncells))
+    return types.FunctionType(marshal.loads(code), {"__builtins__": builtins},
+                              name, None, cells)
+
+
+def _fill_function(func, state):
+    func.__globals__.update(state["globals"])
+    func.__defaults__ = state["defaults"]
+    func.__kwdefaults__ = state["kwdefaults"]
+    for cell, value in zip(func.__closure__ or (), state["closure"]):
+        if value is not _EmptyCell:
+            cell.cell_contents = value
+    func.__dict__.update(state["dict"])
+    func.__module__ = state["module"]
+    func.__qualname__ = state["qualname"]
+    func.__doc__ = state["doc"]
+
+
+def _reduce_class(cls):
+    slots = getattr(cls, "__slots__", ())
+    slots = (slots,) if isinstance(slots, str) else tuple(slots)
+    attrs = {k: v for k, v in vars(cls).items()
+             if k not in ("__dict__", "__weakref__") + slots}
+    args = (type(cls), cls.__name__, cls.__qualname__, cls.__module__, cls.__bases__,
+            {"__slots__": slots} if slots else {})
+    return _make_class, args, attrs, None, None, _fill_class
+
+
+def _make_class(metaclass, name, qualname, module, bases, namespace):
+    # Back home (a result on the client), a class is the client's own class,
+    # so ``except MyError`` and isinstance() work.
+    home = sys.modules.get(module)
+    for part in qualname.split("."):
+        home = getattr(home, part, None)
+    if isinstance(home, type) and home.__name__ == name:
+        return home
+    namespace = dict(namespace, __module__=module, __qualname__=qualname)
+    return metaclass(name, bases, namespace)
+
+
+def _fill_class(cls, attrs):
+    for key, value in attrs.items():
+        if key not in vars(cls):
+            setattr(cls, key, value)
+
+
+def _describe_unpicklable(fn, args, kwargs):
+    """Name the first piece of a task that cannot be pickled."""
+    pieces = [("the function %r" % (fn,), fn)]
+    pieces += [("argument %d (%r)" % (i + 1, a), a) for i, a in enumerate(args)]
+    pieces += [("keyword argument %s=%r" % (k, v), v) for k, v in kwargs.items()]
+    for label, piece in pieces:
+        try:
+            _dumps(piece)
+        except Exception as exc:
+            return "%s cannot be sent to a worker: %s" % (label[:200], exc)
+    return "the task cannot be sent to a worker"
+
+
+# -- transfer -----------------------------------------------------------------------------
+
+# RFC 3526 group 14: Diffie-Hellman over the board gives each task's two
+# peers wormhole codes that no one else on the board can compute.
+_DH_PRIME = int(
+    "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74"
+    "020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F1437"
+    "4FE1356D6D51C245E485B576625E7EC6F44C42E9A637ED6B0BFF5CB6F406B7ED"
+    "EE386BFB5A899FA5AE9F24117C4B1FE649286651ECE45B3DC2007CB8A163BF05"
+    "98DA48361C55D39A69163FA8FD24CF5F83655D23DCA3AD961C62F356208552BB"
+    "9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
+    "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF695581718"
+    "3995497CEA956AE515D2261898FA051015728E5A8AACAA68FFFFFFFFFFFFFFFF", 16)
+
+
+class _KeyShare:
+    """One side of a Diffie-Hellman exchange."""
+
+    def __init__(self):
+        self._secret = secrets.randbits(256) | (1 << 255)
+        public = pow(2, self._secret, _DH_PRIME)
+        self.public = base64.b64encode(public.to_bytes(256, "big")).decode()
+
+    def codes(self, peer_public, task):
+        """(task code, result code) shared with the peer, or P2PError."""
+        try:
+            value = int.from_bytes(base64.b64decode(peer_public, validate=True), "big")
+        except ValueError:
+            value = 0
+        if not 1 < value < _DH_PRIME - 1:
+            raise P2PError("a peer sent an invalid key share for task %s" % task)
+        shared = pow(value, self._secret, _DH_PRIME).to_bytes(256, "big")
+        return tuple(_code(hashlib.sha256(shared + task.encode() + part).digest())
+                     for part in (b"task", b"result"))
+
+
+def _code(digest):
+    nameplate = int.from_bytes(digest[:4], "big") % 9000000 + 1000000
+    return "%d-%s" % (nameplate, digest[4:16].hex())
+
+
+def _wormhole(config, words, cwd, timeout, answer=None):
+    """Run wormhole-william WORDS... in cwd: the one way to run it."""
+    binary = shutil.which(config.wormhole)
+    if binary is None:
+        raise P2PError(
+            "wormhole-william was not found (looked for %r): install it (Debian/"
+            "Ubuntu: apt install wormhole-william; elsewhere: download it from "
+            "github.com/psanford/wormhole-william/releases) or point P2P_WORMHOLE "
+            "at it" % config.wormhole)
+    argv = [binary] + list(words)
+    if config.debug:
+        log.debug("run: %s", shlex.join(argv))
+    try:
+        done = subprocess.run(argv, cwd=cwd, input=answer, capture_output=True,
+                              timeout=timeout, stdin=None if answer else subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise TransferError("wormhole %s did not finish within %gs" % (words[0], timeout))
+    if done.returncode != 0:
+        said = done.stderr.decode(errors="replace").strip()[-300:]
+        raise TransferError("wormhole %s failed: %s" % (words[0], said or "no message"))
+
+
+def _transfer_timeout(size):
+    return 60.0 + size / 2e6  # generous: 2 MB/s at the least
+
+
+def _send_file(config, code, path):
+    _wormhole(config, ["send", "--hide-progress", "--code", code,
+                       os.path.basename(path)],
+              os.path.dirname(path), _transfer_timeout(os.path.getsize(path)))
+
+
+def _receive_file(config, code, name, size, folder):
+    """Receive the file ``name`` of ``size`` bytes into an empty folder; its path."""
+    _wormhole(config, ["receive", "--hide-progress", code], folder,
+              _transfer_timeout(size), answer=b"y\n")
+    path = os.path.join(folder, name)
+    if os.listdir(folder) != [name] or os.path.getsize(path) != size:
+        raise TransferError("the peer sent %s, not the %d bytes of %s that were "
+                            "announced" % (os.listdir(folder), size, name))
+    return path
+
+
+# -- worker ---------------------------------------------------------------------------------
+
+def _run_task(task_path, result_path):
+    """Run one pickled task and pickle its outcome (in a runner process)."""
+    streams = [tempfile.TemporaryFile() for _ in range(2)]
+    saved = [os.dup(1), os.dup(2)]
+    outcome = {}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for fd, stream in zip((1, 2), streams):
+        os.dup2(stream.fileno(), fd)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with open(task_path, "rb") as f:
+                    fn, args, kwargs = pickle.load(f)
+                outcome["value"] = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: B902 - a task's error is its result
+                outcome["error"] = exc
+                outcome["traceback"] = traceback.format_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+    for name, stream in zip(("stdout", "stderr"), streams):
+        stream.seek(0)
+        outcome[name] = stream.read().decode(errors="replace")
+        stream.close()
+    outcome["warnings"] = [(str(w.message), w.category, w.filename, w.lineno)
+                           for w in caught]
+    try:
+        payload, _ = _dumps(outcome)
+    except Exception as exc:
+        what = "result" if "value" in outcome else "exception"
+        payload, _ = _dumps({
+            "error": P2PError("the task's %s cannot be sent back: %s" % (what, exc)),
+            "traceback": outcome.get("traceback", ""),
+            "stdout": outcome["stdout"], "stderr": outcome["stderr"], "warnings": [],
+        })
+    with open(result_path, "wb") as f:
+        f.write(payload)
+
+
+def _serve_tasks():
+    """A runner process: run tasks named on stdin, one at a time."""
+    # The control channel moves off fds 0 and 1, so that a task that reads
+    # stdin or writes stdout cannot disturb it.
+    control_in = os.fdopen(os.dup(0), "r")
+    control = os.fdopen(os.dup(1), "w")
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    for line in control_in:
+        task_path, result_path = line.rstrip("\n").split("\t")
+        _run_task(task_path, result_path)
+        control.write("done\n")
+        control.flush()
+
+
+class _Runner:
+    """A child process that runs tasks, so a crash takes only the task with it."""
+
+    def __init__(self):
+        self.process = None
+
+    def run(self, task_path, result_path):
+        """Run a task; on a crash, write a TaskCrashed outcome instead."""
+        if self.process is None or self.process.poll() is not None:
+            # -c, not this file: the task's __main__ must be an empty module.
+            path = [os.path.dirname(os.path.abspath(__file__))]
+            path += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "import p2p; p2p._serve_tasks()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                env=dict(os.environ, PYTHONPATH=os.pathsep.join(path)))
+        try:
+            self.process.stdin.write("%s\t%s\n" % (task_path, result_path))
+            self.process.stdin.flush()
+            answer = self.process.stdout.readline()
+        except OSError:
+            answer = ""
+        if answer == "done\n":
+            return
+        status = self.process.wait()
+        reason = ("signal %s" % signal.Signals(-status).name if status < 0
+                  else "exit status %d" % status)
+        payload, _ = _dumps({
+            "error": TaskCrashed("the process running the task died (%s); the "
+                                 "worker goes on" % reason),
+            "traceback": "", "stdout": "", "stderr": "", "warnings": [],
+        })
+        with open(result_path, "wb") as f:
+            f.write(payload)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class _Member:
+    """A process's presence on a cluster's board: joins, checks, rejoins.
+
+    pico.sh puts anyone who is not on the host's access list on a channel
+    of their own, silently. So a member is joined only when the host has
+    welcomed it; the owner's own processes must also never be the first
+    to connect (they would store an empty list and lock members out).
+    """
+
+    role = "client"
+
+    def __init__(self, config, cluster, user, peer_id):
+        self.config = config
+        self.cluster = cluster
+        self.user = user
+        self.id = peer_id
+        self.intruders = []
+        self._welcome = threading.Event()
+        self._denied = None
+        self._closing = False
+        self.board = _Board(config, cluster.channel, self._on_message, self._on_drop)
+
+    def join(self, timeout=JOIN_TIMEOUT):
+        """Connect and make sure we are on the cluster's channel, or raise."""
+        deadline = time.monotonic() + timeout
+        while not self._closing:
+            if self._try_join():
+                return
+            if self._denied:
+                raise ClusterError(self._denied)
+            if time.monotonic() > deadline:
+                raise ClusterError(self._unreachable())
+        raise ClusterError("left %s while joining it" % self.cluster)
+
+    def _try_join(self):
+        owner = self.user == self.cluster.owner
+        if self.cluster.personal and owner:
+            self.board.connect()
+            self.board.send("hello", id=self.id, role=self.role, user=self.user, py=PY)
+            self._joined()
+            return True
+        if owner and not self._host_holds_list():
+            time.sleep(1.0)  # wait for the host; connecting now would lock members out
+            return False
+        self._welcome.clear()
+        self.board.connect()
+        if owner and not self._host_holds_list():
+            self.board.disconnect()  # we stored an empty list: step aside
+            time.sleep(1.0)
+            return False
+        self.board.send("hello", id=self.id, role=self.role, user=self.user, py=PY)
+        if self._welcome.wait(ANSWER_TIMEOUT) and not self._denied:
+            self._joined()
+            return True
+        return False
+
+    def _host_holds_list(self):
+        listed, _ = _ls(self.config).get(self.cluster.channel, (None, []))
+        return bool(listed)
+
+    def _unreachable(self):
+        if self.cluster.personal:
+            return ("%s is a personal cluster: only %s can use it (you are %s)"
+                    % (self.cluster, self.cluster.owner, self.user))
+        return (
+            "%s cannot reach cluster %s: no host answered within %gs. Either it "
+            "is not hosted right now, or %s is not on its access list (pico.sh then "
+            "silently puts %s on a channel of their own). %s must run: "
+            "python -m p2p host %s --users ...,%s"
+            % (self.user, self.cluster, JOIN_TIMEOUT, self.user, self.user,
+               self.cluster.owner, self.cluster, self.user))
+
+    def _joined(self):
+        """Called once connected and welcomed (again after each reconnect)."""
+
+    def _on_message(self, msg):
+        if msg.get("to") == self.id and msg.kind == "welcome":
+            self.intruders = msg["intruders"]
+            self._welcome.set()
+        elif msg.get("to") == self.id and msg.kind == "denied":
+            self._denied = "%s: %s" % (self.cluster, msg["why"])
+            self._welcome.set()
+            self._on_denied()
+        elif msg.kind == "intruders":
+            self.intruders = msg["users"]
+            self._on_intruders()
+        else:
+            self.handle(msg)
+
+    def handle(self, msg):
+        """A board message for this kind of member."""
+
+    def _on_denied(self):
+        """The host said we are not a member."""
+
+    def _on_intruders(self):
+        """The host's list of non-members on the board changed."""
+
+    def _on_drop(self):
+        if self._closing:
+            return
+        log.info("the board dropped our session; reconnecting")
+        threading.Thread(target=self._rejoin, daemon=True).start()
+
+    def _rejoin(self):
+        delay = 0.5
+        while not self._closing:
+            try:
+                self.join()
+                return
+            except P2PError as exc:
+                log.warning("cannot rejoin %s yet: %s", self.cluster, exc)
+                if self._denied:
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def leave(self):
+        if not self._closing:
+            self._closing = True
+            self.board.send("bye", id=self.id)
+            self.board.close()
+
+
+class _Slot:
+    """One of a worker process's task slots: its id on the board and its runner."""
+
+    def __init__(self, peer_id):
+        self.id = peer_id
+        self.busy = False
+        self.runner = _Runner()
+
+
+class _Worker(_Member):
+    """Takes tasks from clients on the board and runs them, one per slot."""
+
+    role = "worker"
+
+    def __init__(self, config, cluster, user, slots=1):
+        super().__init__(config, cluster, user, _peer_id(user))
+        ids = ["%s#%d" % (self.id, n + 1) for n in range(slots)]
+        self.slots = {slot_id: _Slot(slot_id) for slot_id in ids}
+        self.scratch = tempfile.mkdtemp(prefix="p2p-worker-")
+        self.done = 0
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+
+    def _joined(self):
+        self._announce()
+
+    def _announce(self, only=None):
+        if self.intruders:
+            return  # take no task while a non-member is on the board
+        for slot in self.slots.values():
+            if not slot.busy and (only is None or slot is only):
+                self.board.send("idle", id=slot.id, py=PY)
+
+    def _on_denied(self):
+        log.error("%s", self._denied)
+        self.stopped.set()
+
+    def _on_intruders(self):
+        if self.intruders:
+            log.warning("not a member of %s on the board: %s; taking no task "
+                        "until they are gone", self.cluster, ", ".join(self.intruders))
+        else:
+            self._announce()
+
+    def handle(self, msg):
+        if msg.kind == "hello" and msg["role"] == "client":
+            self._announce()
+        elif msg.kind == "assign" and msg["to"] in self.slots:
+            self._assigned(self.slots[msg["to"]], msg)
+
+    def _assigned(self, slot, msg):
+        with self._lock:
+            why = None
+            if slot.busy:
+                why = "busy"
+            elif self.intruders:
+                why = "a non-member is on the board"
+            elif msg["py"] not in ("", PY):
+                why = "this worker runs Python %s" % PY
+            if why is None:
+                slot.busy = True
+        if why is not None:
+            self.board.send("decline", id=slot.id, to=msg["id"], task=msg["task"], why=why)
+            return
+        threading.Thread(target=self._run, args=(slot, msg), daemon=True).start()
+
+    def _run(self, slot, msg):
+        client, task = msg["id"], msg["task"]
+        share = _KeyShare()
+        started = time.monotonic()
+        folder = tempfile.mkdtemp(dir=self.scratch)
+        try:
+            task_code, result_code = share.codes(msg["dh"], task)
+            self.board.send("accept", id=slot.id, to=client, task=task, dh=share.public)
+            try:
+                task_path = _receive_file(self.config, task_code, "task-%s.pkl" % task,
+                                          msg["size"], folder)
+            except TransferError as exc:
+                # The receiver's word is final: the client tries again.
+                self.board.send("decline", id=slot.id, to=client, task=task,
+                                why="%s: %s" % (_LOST_TASK, exc))
+                raise
+            result_path = os.path.join(folder, "result-%s.pkl" % task)
+            slot.runner.run(task_path, result_path)
+            size = os.path.getsize(result_path)
+            self.board.send("result", id=slot.id, to=client, task=task, size=size)
+            with self._lock:
+                slot.busy = False
+            try:
+                _send_file(self.config, result_code, result_path)
+            except TransferError as exc:  # the client's receive tells the truth
+                log.info("sending the result of %s: %s", task, exc)
+            self.done += 1
+            log.info("task %s from %s: done in %.2fs", task, client,
+                     time.monotonic() - started)
+        except P2PError as exc:
+            log.warning("task %s from %s failed: %s", task, client, exc)
+        except Exception:
+            log.exception("task %s from %s: the worker failed", task, client)
+        finally:
+            with self._lock:
+                slot.busy = False
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def serve(self, duration):
+        """Join, take tasks until duration passes or stop(); then leave."""
+        self.join()
+        log.info("worker %s on %s: %d slot(s), Python %s", self.id, self.cluster,
+                 len(self.slots), PY)
+        deadline = time.monotonic() + duration
+        try:
+            while not self.stopped.wait(min(IDLE_EVERY, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    break
+                self._announce()
+        finally:
+            self.stop()
+        if self._denied:
+            raise ClusterError(self._denied)
+
+    def stop(self):
+        self.stopped.set()
+        self.leave()
+        for slot in self.slots.values():
+            slot.runner.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+# -- client / executor ------------------------------------------------------------------------
+
+class _TaskFuture(concurrent.futures.Future):
+    """A Future that replays the task's output when its outcome is read."""
+
+    def __init__(self):
+        super().__init__()
+        self._replay = None
+
+    def result(self, timeout=None):
+        try:
+            return super().result(timeout)
+        finally:
+            self._replay_output()
+
+    def exception(self, timeout=None):
+        try:
+            return super().exception(timeout)
+        finally:
+            self._replay_output()
+
+    def _replay_output(self):
+        with self._condition:
+            replay, self._replay = self._replay, None
+        if replay:
+            sys.stdout.write(replay["stdout"])
+            sys.stderr.write(replay["stderr"])
+            for message, category, filename, lineno in replay["warnings"]:
+                warnings.warn_explicit(message, category, filename, lineno)
+
+
+class _Task:
+    def __init__(self, payload, by_value, future):
+        self.id = secrets.token_hex(8)
+        self.payload = payload
+        self.py = PY if by_value else ""
+        self.future = future
+        self.worker = None
+        self.share = None
+        self.assigned_at = 0.0
+        self.result_code = None
+        self.started = False  # the future was set running
+        self.failures = []  # why earlier tries to move it failed
+
+
+class _Client(_Member):
+    """The client side of an Executor: assigns tasks to idle workers."""
+
+    def __init__(self, config, cluster, user):
+        super().__init__(config, cluster, user, _peer_id(user))
+        self.scratch = tempfile.mkdtemp(prefix="p2p-client-")
+        self.idle = {}  # worker slot id -> its Python version, for free slots
+        self.pythons = {}  # worker slot id -> Python version, as announced
+        self.queue = collections.deque()
+        self.tasks = {}  # task id -> _Task (assigned, not finished)
+        self.changed = threading.Condition()
+        self.dispatcher = threading.Thread(target=self._dispatch, daemon=True,
+                                           name="p2p-dispatch")
+
+    def start(self):
+        self.join()
+        self.dispatcher.start()
+
+    def put(self, task):
+        with self.changed:
+            self.queue.append(task)
+            self.changed.notify_all()
+
+    def handle(self, msg):
+        with self.changed:
+            if msg.get("to") == self.id and msg.kind in ("accept", "decline", "result"):
+                self._answer(msg)
+            if msg.kind == "idle":
+                self.pythons[msg["id"]] = msg["py"]
+                self.idle[msg["id"]] = msg["py"]
+            elif msg.kind == "result":  # that worker is free again
+                self.idle[msg["id"]] = self.pythons.get(msg["id"], "")
+            elif msg.kind == "assign":  # another client took that worker
+                self.idle.pop(msg["to"], None)
+            elif msg.kind == "bye":
+                for slot in [w for w in self.idle if w.startswith(msg["id"] + "#")]:
+                    del self.idle[slot]
+            self.changed.notify_all()
+
+    def _answer(self, msg):
+        task = self.tasks.get(msg["task"])
+        if task is None or task.worker != msg["id"]:
+            return  # not an answer from the worker this task was assigned to
+        if msg.kind == "decline":
+            self._retry(task, msg["why"], failed=msg["why"].startswith(_LOST_TASK))
+        elif msg.kind == "accept" and task.share is not None:
+            share, task.share = task.share, None
+            try:
+                task_code, task.result_code = share.codes(msg["dh"], task.id)
+            except P2PError as exc:
+                self._finish(task, error=exc)
+                return
+            threading.Thread(target=self._send_task, args=(task, task_code),
+                             daemon=True).start()
+        elif msg.kind == "result" and task.result_code is not None:
+            code, task.result_code = task.result_code, None
+            threading.Thread(target=self._receive_result, args=(task, code, msg["size"]),
+                             daemon=True).start()
+
+    def _requeue(self, task):
+        self.tasks.pop(task.id, None)
+        task.worker, task.share, task.result_code = None, None, None
+        self.queue.appendleft(task)
+        self.changed.notify_all()
+
+    def _retry(self, task, why, failed=True):
+        """Assign the task afresh (new worker, new codes); failed: a transfer failed."""
+        with self.changed:
+            if self.tasks.get(task.id) is not task:
+                return
+            if failed:
+                task.failures.append("%s: %s" % (task.worker, why))
+                log.info("task %s: %s; trying again", task.id, why)
+            if len(task.failures) < TRANSFER_TRIES:
+                self._requeue(task)
+                return
+        self._finish(task, error=TransferError(
+            "task %s could not be moved after %d tries: %s"
+            % (task.id, len(task.failures), "; ".join(task.failures))))
+
+    def _dispatch(self):
+        while not self._closing:
+            with self.changed:
+                self._expire_assignments()
+                pairs = []
+                while self.queue and not self.intruders:
+                    task = self.queue[0]
+                    worker = next((w for w, py in self.idle.items()
+                                   if task.py in ("", py)), None)
+                    if worker is None:
+                        break
+                    self.queue.popleft()
+                    if not task.started:
+                        if not task.future.set_running_or_notify_cancel():
+                            continue
+                        task.started = True
+                    del self.idle[worker]
+                    task.worker, task.share = worker, _KeyShare()
+                    task.assigned_at = time.monotonic()
+                    self.tasks[task.id] = task
+                    pairs.append(task)
+                if not pairs:
+                    self.changed.wait(1.0)
+            for task in pairs:
+                self.board.send("assign", id=self.id, to=task.worker, task=task.id,
+                                dh=task.share.public, py=task.py, size=len(task.payload))
+
+    def _expire_assignments(self):
+        now = time.monotonic()
+        for task in list(self.tasks.values()):
+            if task.share is not None and now - task.assigned_at > ASSIGN_TIMEOUT:
+                log.info("worker %s did not answer for task %s; trying another",
+                         task.worker, task.id)
+                del self.tasks[task.id]
+                self._requeue(task)
+
+    def _send_task(self, task, code):
+        folder = tempfile.mkdtemp(dir=self.scratch)
+        path = os.path.join(folder, "task-%s.pkl" % task.id)
+        try:
+            with open(path, "wb") as f:
+                f.write(task.payload)
+            _send_file(self.config, code, path)
+        except TransferError as exc:
+            log.debug("sending task %s: %s (the worker's answer decides)", task.id, exc)
+        except P2PError as exc:
+            self._finish(task, error=exc)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _receive_result(self, task, code, size):
+        folder = tempfile.mkdtemp(dir=self.scratch)
+        try:
+            path = _receive_file(self.config, code, "result-%s.pkl" % task.id, size,
+                                 folder)
+            with open(path, "rb") as f:
+                outcome = pickle.load(f)
+        except TransferError as exc:
+            self._retry(task, "the result did not arrive: %s" % exc)
+            return
+        except Exception as exc:  # a broken payload fails its task, not the client
+            self._finish(task, error=exc if isinstance(exc, P2PError) else TransferError(
+                "the result of task %s could not be read: %s" % (task.id, exc)))
+            return
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        task.future._replay = outcome
+        if "error" in outcome:
+            error = outcome["error"]
+            if outcome.get("traceback"):
+                error.__cause__ = _RemoteTraceback(
+                    "\n\"\"\"\n%s\"\"\" (on worker %s)" % (outcome["traceback"], task.worker))
+            self._finish(task, error=error)
+        else:
+            self._finish(task, value=outcome.get("value"))
+
+    def _finish(self, task, value=None, error=None):
+        with self.changed:
+            self.tasks.pop(task.id, None)
+        if task.future.done():
+            return
+        if error is not None:
+            task.future.set_exception(error)
+        else:
+            task.future.set_result(value)
+
+    def close(self, cancel):
+        with self.changed:
+            if cancel:
+                for task in self.queue:
+                    task.future.cancel()
+                self.queue.clear()
+        self.leave()
+        with self.changed:
+            self.changed.notify_all()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _call_chunk(fn, chunk):
+    return [fn(*args) for args in chunk]
+
+
+class Executor(concurrent.futures.Executor):
+    """Runs calls on the workers of a p2p cluster (a concurrent.futures.Executor).
+
+    cluster: "owner/name"; default P2P_CLUSTER, else your personal cluster.
+    Joining raises ClusterError within 15 s when the cluster is not hosted or
+    you are not on its access list.
+    """
+
+    def __init__(self, cluster=None, config=None):
+        self._config = config or Config()
+        user = whoami(self._config)
+        self.cluster = Cluster(cluster or _default_cluster(user))
+        self._client = _Client(self._config, self.cluster, user)
+        self._shutdown = False
+        self._client.start()
+
+    def submit(self, fn, /, *args, **kwargs):
+        if self._shutdown:
+            raise RuntimeError("cannot submit after shutdown")
+        try:
+            payload, by_value = _dumps((fn, args, kwargs))
+        except Exception:
+            raise P2PError(_describe_unpicklable(fn, args, kwargs)) from None
+        future = _TaskFuture()
+        self._client.put(_Task(payload, by_value, future))
+        return future
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        if chunksize <= 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        batches = _batched(zip(*iterables), chunksize)
+        results = super().map(_call_chunk, itertools.repeat(fn), batches,
+                              timeout=timeout)
+        return (value for batch in results for value in batch)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        if self._shutdown:
+            return
+        self._shutdown = True
+        if wait and not cancel_futures:
+            with self._client.changed:
+                pending = [t.future for t in list(self._client.queue)]
+                pending += [t.future for t in self._client.tasks.values()]
+            concurrent.futures.wait(pending)
+        self._client.close(cancel=cancel_futures)
+
+
+def _batched(iterable, size):
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+_default = None
+_default_lock = threading.Lock()
+
+
+def _default_executor():
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Executor()
+            atexit.register(_default.shutdown)
+        return _default
+
+
+def submit(fn, /, *args, **kwargs):
+    """Run fn(*args, **kwargs) on a worker; a concurrent.futures.Future.
+
+    It uses a default Executor on P2P_CLUSTER, else your personal cluster.
+    """
+    return _default_executor().submit(fn, *args, **kwargs)
+
+
+def map(fn, *iterables, timeout=None, chunksize=1):  # noqa: A001
+    """Like builtins.map, each call run on a worker (see submit)."""
+    return _default_executor().map(fn, *iterables, timeout=timeout,
+                                   chunksize=chunksize)
+
+
+# -- host -------------------------------------------------------------------------------------
+
+class _Host:
+    """Keeps a shared cluster open: its access list, its welcomes, its watch."""
+
+    def __init__(self, config, cluster, user, members):
+        if user != cluster.owner:
+            raise P2PError(
+                "%s may only host clusters named %s/{name}: %s belongs to pico.sh "
+                "user %s" % (user, user, cluster, cluster.owner))
+        if cluster.personal:
+            raise P2PError("%s is a personal cluster: it needs no host" % cluster)
+        self.config = config
+        self.cluster = cluster
+        self.user = user
+        self.id = _peer_id(user)
+        self.members = sorted(set(members) - {user})
+        self.intruders = []
+        self.present = set()
+        self.stopped = threading.Event()
+        self._rival = threading.Event()
+        self.board = _Board(config, cluster.channel, self._on_message, self._on_drop,
+                            access=self.members or [user])
+
+    def open(self):
+        listed, _ = _ls(self.config).get(self.cluster.channel, (None, []))
+        if listed:
+            raise P2PError("%s is already hosted (its access list, %s, is stored on "
+                           "the board): stop the other host first"
+                           % (self.cluster, ", ".join(listed)))
+        self.board.connect()
+        self.board.send("hello", id=self.id, role="host", user=self.user, py=PY)
+        if self._rival.wait(ANSWER_TIMEOUT):
+            self.board.close()
+            raise P2PError("%s is already hosted by another process of %s: stop it "
+                           "first" % (self.cluster, self.user))
+        log.info("hosting %s for %s", self.cluster, ", ".join(self.members) or "nobody")
+
+    def _on_message(self, msg):
+        if msg.kind == "hello" and msg["id"] != self.id:
+            if msg["role"] == "host":
+                self.board.send("welcome", id=self.id, to=msg["id"], intruders=[])
+            elif msg["user"] in self.members or msg["user"] == self.user:
+                self.board.send("welcome", id=self.id, to=msg["id"],
+                                intruders=self.intruders)
+                log.info("%s joined as a %s (%s)", msg["user"], msg["role"], msg["id"])
+            else:
+                self.board.send("denied", id=self.id, to=msg["id"], why=(
+                    "%s is not a member of %s; ask %s to add you: python -m p2p "
+                    "host %s --users ...,%s" % (msg["user"], self.cluster, self.user,
+                                                self.cluster, msg["user"])))
+        elif msg.kind == "welcome" and msg["to"] == self.id:
+            self._rival.set()
+        elif msg.kind == "bye":
+            log.info("%s said goodbye", msg["id"])
+
+    def _on_drop(self):
+        if not self.stopped.is_set():
+            log.info("the board dropped the host's session; reconnecting")
+            self.board.connect()
+
+    def watch(self, duration):
+        """Keep the list stored and watch for strangers until duration passes."""
+        deadline = time.monotonic() + duration
+        while not self.stopped.wait(min(HOST_CHECK, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                break
+            try:
+                self._check()
+            except P2PError as exc:
+                log.warning("cannot check the board: %s", exc)
+        self.close()
+
+    def _check(self):
+        listed, users = _ls(self.config).get(self.cluster.channel, (None, []))
+        if not listed:
+            # pico.sh deletes the list when a member's first session ends
+            # (and an owner's process may hold an empty one): store it again.
+            log.info("the access list of %s is gone; storing it again", self.cluster)
+            self.board.connect()
+        for gone in sorted(self.present - set(users)):
+            log.info("%s left", gone)
+        self.present = set(users)
+        intruders = sorted(set(users) - set(self.members) - {self.user})
+        if intruders != self.intruders:
+            if intruders:
+                log.warning("not members, on the board of %s: %s (pico.sh lets a "
+                            "stranger's first connection in)", self.cluster,
+                            ", ".join(intruders))
+            else:
+                log.info("no more non-members on the board of %s", self.cluster)
+            self.intruders = intruders
+            self.board.send("intruders", id=self.id, users=intruders)
+        elif intruders:
+            self.board.send("intruders", id=self.id, users=intruders)  # for newcomers
+
+    def close(self):
+        self.stopped.set()
+        self.board.close()
+
+
+# -- command line -------------------------------------------------------------------------------
+
+def _duration(text):
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "%r is not a duration: use seconds or a number with s, m, h or d "
+            "(e.g. 90m, 14d)" % text) from None
+
+
+def _parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--host", help="the board's ssh host (P2P_HOST; default "
+                        "pipe.pico.sh)")
+    common.add_argument("--ssh-args", help="extra ssh arguments, e.g. '-J somehost' "
+                        "(P2P_SSH_ARGS)")
+    common.add_argument("--wormhole", help="the wormhole-william binary (P2P_WORMHOLE)")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="log every ssh and wormhole command and board message "
+                        "(P2P_DEBUG=1)")
+    parser = argparse.ArgumentParser(
+        prog="python -m p2p", parents=[common],
+        description="A peer-to-peer compute cluster for Python over outbound SSH.")
+    parser.add_argument("--version", action="version", version="p2p " + __version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    host = commands.add_parser(
+        "host", parents=[common], help="open a shared cluster for your friends",
+        description="Open the shared cluster OWNER/NAME (OWNER must be you) and "
+        "keep it open until --duration passes or Ctrl-C.")
+    host.add_argument("cluster", help="the cluster, you/name")
+    host.add_argument("--users", required=True, help="the members: pico.sh user "
+                      "names, comma separated (bob,carol,diana)")
+    host.add_argument("--duration", type=_duration, default=14 * 86400,
+                      help="how long to keep it open (default 14d)")
+    worker = commands.add_parser(
+        "worker", parents=[common], help="contribute workers to a cluster",
+        description="Run tasks from the members of a cluster.")
+    worker.add_argument("cluster", nargs="?", help="owner/name (default P2P_CLUSTER, "
+                        "else your personal cluster)")
+    worker.add_argument("--workers", type=int, default=1,
+                        help="parallel workers in this process (default 1)")
+    worker.add_argument("--duration", type=_duration, default=3600,
+                        help="how long to work (default 1h)")
+    commands.add_parser("user", parents=[common], help="print your pico.sh user name")
+    return parser
+
+
+def main(argv=None):
+    """The ``python -m p2p`` command line."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s p2p: %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    config = Config(args.host, args.ssh_args, args.wormhole, args.verbose or None)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        user = whoami(config)
+        if args.command == "user":
+            print(user)
+        elif args.command == "host":
+            host = _Host(config, Cluster(args.cluster), user,
+                         [u.strip() for u in args.users.split(",") if u.strip()])
+            host.open()
+            try:
+                host.watch(args.duration)
+            finally:
+                host.close()
+        elif args.command == "worker":
+            if args.workers < 1:
+                raise P2PError("--workers must be 1 or more")
+            worker = _Worker(config, Cluster(args.cluster or _default_cluster(user)),
+                             user, args.workers)
+            worker.serve(args.duration)
+    except P2PError as exc:
+        print("p2p: error: %s" % exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        log.info("interrupted; left the board")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    # Run as the module p2p, so that what we pickle (TaskCrashed, rebuilders)
+    # is named p2p.X, which any peer can import, and not __main__.X.
+    import p2p
+    sys.exit(p2p.main())

@@ -1,0 +1,359 @@
+"""p2p.py end to end: the README's stories, as real users on the local stack.
+
+alice hosts, carol and bob contribute workers, bob and diana submit from
+scripts, mallory is not a member. Every process is a real ``python -m p2p``
+or a user's script, every board message goes through the real ssh client
+and sshd to the faithful pico board, every payload through wormhole-william.
+"""
+
+import re
+import secrets
+import sys
+import textwrap
+import time
+
+import pytest
+
+import p2p
+from localstack import wait_until
+from test_localstack import parse_ls
+
+
+@pytest.fixture
+def name():
+    return "c" + secrets.token_hex(3)
+
+
+def p2p_command(stack, user, *args, env=None):
+    """``python -m p2p ARGS...`` running as user, its output read as it comes."""
+    return stack.process(user, [sys.executable, "-m", "p2p"] + list(args), env=env)
+
+
+def host(stack, cluster, members):
+    """alice's ``python -m p2p host``, once it says it is hosting."""
+    owner = cluster.split("/")[0]
+    hosting = p2p_command(stack, owner, "host", cluster, "--users", members)
+    hosting.expect("hosting %s" % cluster, stream="stderr", timeout=30)
+    return hosting
+
+
+def worker(stack, user, cluster=None, *args):
+    """``python -m p2p worker``, once it has joined."""
+    working = p2p_command(stack, user, "worker", *([cluster] if cluster else []), *args)
+    working.expect("worker %s@" % user, stream="stderr", timeout=30)
+    return working
+
+
+def script(stack, user, source, timeout=90, env=None):
+    """Run a user's Python script as user; its CompletedProcess."""
+    return stack.run(user, [sys.executable, "-c", textwrap.dedent(source)],
+                     timeout=timeout, env=env)
+
+
+STORY = """
+    import os, p2p, concurrent.futures
+
+    f = p2p.submit(os.getpid)                      # a concurrent.futures.Future
+    assert isinstance(f, concurrent.futures.Future)
+    print("pid", f.result(timeout=60), os.getpid())
+    print("squares", list(p2p.map(lambda x: x * x, range(20), timeout=60)))
+
+    def work(i):                                   # defined in __main__
+        return Point(i, offset + i)
+
+    class Point:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+    offset = 100
+    with p2p.Executor(os.environ["P2P_CLUSTER"]) as ex:   # a concurrent.futures.Executor
+        futures = [ex.submit(work, i) for i in range(8)]
+        done = [g.result() for g in concurrent.futures.as_completed(futures, timeout=60)]
+        print("points", sorted((p.x, p.y) for p in done), type(done[0]) is Point)
+        print("chunked", list(ex.map(str, range(7), chunksize=3)))
+"""
+
+
+def check_story(answer):
+    assert answer.returncode == 0, answer.stderr
+    pid, own = re.search(r"pid (\d+) (\d+)", answer.stdout).groups()
+    assert pid != own  # it ran in a worker's process, not in the script
+    assert "squares %s" % [x * x for x in range(20)] in answer.stdout
+    assert "points %s True" % [(i, 100 + i) for i in range(8)] in answer.stdout
+    assert "chunked %s" % [str(i) for i in range(7)] in answer.stdout
+
+
+# -- the stories ------------------------------------------------------------------------
+
+def test_bob_runs_a_lambda_on_alices_cluster(stack, name):
+    cluster = "alice/" + name
+    hosting = host(stack, cluster, "bob,carol,diana")
+    working = worker(stack, "carol", cluster, "--workers", "2")
+    check_story(script(stack, "bob", STORY, env={"P2P_CLUSTER": cluster}))
+    hosting.expect("bob joined as a client", stream="stderr")
+    working.expect("from bob@", stream="stderr")  # one line per task
+    working.process.send_signal(2)  # Ctrl-C: leaves and tells the board
+    assert working.wait() == 130
+    hosting.expect("carol@", stream="stderr")
+
+
+def test_the_story_also_runs_on_a_board_without_the_bugs(fixed_stack, name):
+    cluster = "alice/" + name
+    host(fixed_stack, cluster, "bob,carol")
+    worker(fixed_stack, "carol", cluster)
+    check_story(script(fixed_stack, "bob", STORY, env={"P2P_CLUSTER": cluster}))
+
+
+def test_a_personal_cluster_needs_no_host(stack):
+    worker(stack, "diana")  # no cluster named: diana/personal
+    check_story(script(stack, "diana", STORY, env={"P2P_CLUSTER": "diana/personal"}))
+    default = script(stack, "diana", """
+        import p2p
+        print(p2p.submit(sum, [1, 2, 3]).result(timeout=60))
+    """)
+    assert default.stdout == "6\n", default.stderr
+    stranger = script(stack, "mallory", """
+        import p2p
+        p2p.Executor("diana/personal")
+    """, timeout=40)
+    assert "ClusterError" in stranger.stderr
+    assert "only diana can use it" in stranger.stderr
+
+
+def test_results_come_back_whole(stack, name):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol")
+    worker(stack, "carol", cluster)
+    answer = script(stack, "bob", """
+        import os, sys, warnings, p2p
+
+        class Sorry(Exception):
+            pass
+
+        def fails():
+            print("to stdout")
+            print("to stderr", file=sys.stderr)
+            warnings.warn("careful", UserWarning)
+            raise Sorry("no luck")
+
+        with p2p.Executor(os.environ["P2P_CLUSTER"]) as ex:
+            try:
+                ex.submit(fails).result(timeout=60)
+            except Sorry as exc:
+                print("caught", repr(exc))
+                print("remote", "in fails" in str(exc.__cause__))
+    """, env={"P2P_CLUSTER": cluster})
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.splitlines() == [
+        "to stdout", "caught Sorry('no luck')", "remote True"]
+    assert "to stderr" in answer.stderr
+    assert "UserWarning: careful" in answer.stderr
+
+
+def test_a_task_that_kills_its_process_fails_alone(stack, name):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol")
+    working = worker(stack, "carol", cluster)
+    answer = script(stack, "bob", """
+        import os, p2p
+        with p2p.Executor(os.environ["P2P_CLUSTER"]) as ex:
+            try:
+                ex.submit(os._exit, 3).result(timeout=60)
+            except p2p.TaskCrashed as exc:
+                print("crashed:", exc)
+            print("after", ex.submit(sum, [2, 3]).result(timeout=60))
+    """, env={"P2P_CLUSTER": cluster})
+    assert answer.returncode == 0, answer.stderr
+    assert "crashed: the process running the task died (exit status 3)" in answer.stdout
+    assert "after 5" in answer.stdout
+    assert working.process.poll() is None  # the worker goes on
+
+
+# -- living with the real board --------------------------------------------------------------
+
+def test_the_host_stores_the_list_again_after_a_member_leaves(stack, name):
+    cluster = "alice/" + name
+    channel = cluster + "/board"
+    hosting = host(stack, cluster, "bob,carol")
+    worker(stack, "carol", cluster)  # so the host is not the last pipe left
+    # bob's first connection ends: pico.sh (bug B) deletes alice's list.
+    assert stack.run("bob", ["ssh", "pipe.pico.sh", "pipe", channel],
+                     input="").returncode == 255
+    hosting.expect("the access list of %s is gone; storing it again" % cluster,
+                   stream="stderr")
+    wait_until(lambda: parse_ls(stack.ls("alice")).get(channel, {}).get("access")
+               == ["bob", "carol"], what="the list stored again")
+    answer = script(stack, "bob", "import p2p; print(p2p.submit(abs, -4).result(60))",
+                    env={"P2P_CLUSTER": cluster})
+    assert answer.stdout == "4\n", answer.stderr
+
+
+def test_alices_own_worker_waits_for_her_host(stack, name):
+    cluster = "alice/" + name
+    channel = cluster + "/board"
+    early = p2p_command(stack, "alice", "worker", cluster)
+    # It must not connect before the host: it would store an empty list.
+    hosting = host(stack, cluster, "bob")
+    early.expect("worker alice@", stream="stderr", timeout=30)
+    assert parse_ls(stack.ls("alice"))[channel]["access"] == ["bob"]
+    answer = script(stack, "bob", "import p2p; print(p2p.submit(len, 'abc').result(60))",
+                    env={"P2P_CLUSTER": cluster})
+    assert answer.stdout == "3\n", answer.stderr
+    assert hosting.process.poll() is None
+
+
+def test_mallorys_worker_is_refused_and_never_gets_a_task(stack, name):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol")
+    worker(stack, "carol", cluster)
+    started = time.monotonic()
+    # Her first connection gets in (pico.sh's bug A); the host refuses her.
+    intruder = p2p_command(stack, "mallory", "worker", cluster)
+    assert intruder.wait(timeout=30) == 1
+    assert time.monotonic() - started < 15
+    said = intruder.errors.decode()
+    assert "mallory is not a member of %s" % cluster in said
+    assert "task" not in said  # she was never sent one
+    # Her later connections land on her own channel: an error, in 15 s.
+    client = script(stack, "mallory", "import p2p; p2p.Executor(%r)" % cluster,
+                    timeout=40)
+    assert "ClusterError: mallory cannot reach cluster %s" % cluster in client.stderr
+    answer = script(stack, "bob", "import p2p; print(p2p.submit(max, 3, 9).result(60))",
+                    env={"P2P_CLUSTER": cluster})
+    assert answer.stdout == "9\n", answer.stderr
+
+
+def test_workers_pause_while_a_stranger_listens_on_the_board(stack, name):
+    cluster = "alice/" + name
+    hosting = host(stack, cluster, "bob,carol")
+    working = worker(stack, "carol", cluster)
+    listener = stack.session("mallory", "pipe", cluster + "/board")  # bug A: in
+    hosting.expect("not members, on the board of %s: mallory" % cluster,
+                   stream="stderr")
+    working.expect("taking no task until they are gone", stream="stderr")
+    waiting = stack.process("bob", [sys.executable, "-c",
+                                  "import p2p; print(p2p.submit(min, 3, 9).result(90))"],
+                          env={"P2P_CLUSTER": cluster})
+    hosting.expect("bob joined as a client", stream="stderr")
+    assert listener.close() == 255  # she goes; her leave deletes the list (bug B)
+    hosting.expect("no more non-members on the board of %s" % cluster, stream="stderr")
+    assert waiting.wait(timeout=60) == 0, waiting.errors
+    assert waiting.output == b"3\n"
+    assert b'"k":"assign"' not in listener.output  # nothing was assigned before her eyes
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+def test_bob_may_only_host_his_own_clusters(stack):
+    answer = stack.run("bob", [sys.executable, "-m", "p2p", "host", "alice/pop",
+                               "--users", "carol"])
+    assert answer.returncode == 1
+    assert "bob may only host clusters named bob/{name}" in answer.stderr
+
+
+def test_a_hosted_cluster_cannot_be_hosted_again(stack, name):
+    cluster = "alice/" + name
+    first = host(stack, cluster, "bob")
+    second = stack.run("alice", [sys.executable, "-m", "p2p", "host", cluster,
+                                 "--users", "carol"])
+    assert second.returncode == 1
+    assert "%s is already hosted" % cluster in second.stderr
+    assert first.process.poll() is None
+
+
+def test_an_unreachable_cluster_is_an_error_within_15_seconds(stack, name):
+    cluster = "alice/" + name  # nobody hosts it
+    started = time.monotonic()
+    answer = script(stack, "bob", "import p2p; p2p.Executor(%r)" % cluster, timeout=40)
+    assert time.monotonic() - started < 25
+    assert "ClusterError" in answer.stderr
+    for needed in ("bob cannot reach cluster " + cluster,
+                   "alice must run: python -m p2p host %s --users ...,bob" % cluster):
+        assert needed in answer.stderr
+
+
+def test_bad_names_and_missing_tools_are_explained(stack):
+    bad = stack.run("bob", [sys.executable, "-m", "p2p", "worker", "nonsense"])
+    assert (bad.returncode, bad.stderr.strip()) == (1, (
+        "p2p: error: 'nonsense' is not a cluster name: use owner/name, e.g. "
+        "alice/p2p (owner is the pico.sh user who hosts it)"))
+    no_ssh = stack.run("bob", [sys.executable, "-m", "p2p", "user"],
+                       env={"PATH": "/nonexistent"})
+    assert "ssh was not found on PATH" in no_ssh.stderr
+    refused = stack.run("newcomer", [sys.executable, "-m", "p2p", "user"])
+    assert refused.returncode == 1
+    assert "create a pico.sh account first" in refused.stderr.lower()
+
+
+def test_a_missing_wormhole_is_explained(stack, name):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol")
+    worker(stack, "carol", cluster)
+    answer = script(stack, "bob", """
+        import os, p2p
+        with p2p.Executor(os.environ["P2P_CLUSTER"]) as ex:
+            try:
+                ex.submit(abs, -1).result(timeout=60)
+            except p2p.P2PError as exc:
+                print(exc)
+    """, env={"P2P_CLUSTER": cluster, "P2P_WORMHOLE": "/nonexistent/wormhole"})
+    assert "wormhole-william was not found" in answer.stdout, answer.stderr
+    assert "apt install wormhole-william" in answer.stdout
+
+
+def test_an_unpicklable_argument_is_refused_at_submit(stack):
+    answer = script(stack, "diana", """
+        import threading, p2p
+        try:
+            p2p.submit(print, 1, threading.Lock())
+        except p2p.P2PError as exc:
+            print(exc)
+    """)
+    assert "argument 2 (<unlocked _thread.lock object" in answer.stdout, answer.stderr
+    assert "cannot pickle" in answer.stdout
+
+
+# -- command line and configuration --------------------------------------------------------------
+
+def test_python_m_p2p_user_prints_the_pico_user(stack):
+    answer = stack.run("carol", [sys.executable, "-m", "p2p", "user"])
+    assert (answer.returncode, answer.stdout) == (0, "carol\n")
+
+
+def test_ssh_args_come_from_the_environment(stack):
+    # Without the user's ssh wrapper on PATH, P2P_SSH_ARGS alone finds the stack.
+    answer = stack.run("carol", [sys.executable, "-m", "p2p", "user"], env={
+        "PATH": "/usr/bin:/bin", "P2P_SSH_ARGS": "-F %s" % stack.ssh_config("carol")})
+    assert (answer.returncode, answer.stdout) == (0, "carol\n"), answer.stderr
+
+
+def test_help_and_version(stack):
+    for command in ([], ["host"], ["worker"]):
+        answer = stack.run("bob", [sys.executable, "-m", "p2p"] + command + ["--help"])
+        assert answer.returncode == 0
+        assert "--ssh-args" in answer.stdout
+    version = stack.run("bob", [sys.executable, "-m", "p2p", "--version"])
+    assert version.stdout == "p2p %s\n" % p2p.__version__
+
+
+# -- units ---------------------------------------------------------------------------------------
+
+def test_board_lines_that_do_not_parse_are_noise():
+    good = p2p._encode("bye", id="bob@h:1")
+    assert p2p._decode(good.rstrip(b"\n")) == {"k": "bye", "id": "bob@h:1"}
+    for line in [b"", b"garbage", good[:10], b"p2p1 {", b"p2p1 []",
+                 b'p2p1 {"k":"bye"}', b'p2p1 {"k":"bye","id":3}',
+                 b'p2p1 {"k":"nope","id":"x"}', b'p2p2 {"k":"bye","id":"x"}',
+                 b"p2p1 " + b"x" * 5000]:
+        assert p2p._decode(line) is None
+
+
+def test_the_key_exchange_prime_is_a_safe_prime():
+    prime = p2p._DH_PRIME
+    for n in (prime, (prime - 1) // 2):
+        assert all(pow(a, n - 1, n) == 1 for a in (2, 3, 5, 7, 11, 13))
+    alice, bob = p2p._KeyShare(), p2p._KeyShare()
+    assert alice.codes(bob.public, "t1") == bob.codes(alice.public, "t1")
+    assert alice.codes(bob.public, "t1") != alice.codes(bob.public, "t2")
+    with pytest.raises(p2p.P2PError):
+        alice.codes("AQ==", "t1")  # 1 is not a valid share
