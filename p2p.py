@@ -188,7 +188,7 @@ def _ssh_output(config, host, words, timeout=30.0):
         raise P2PError("`ssh %s %s` did not answer within %gs: check your network "
                        "and P2P_SSH_ARGS" % (host, " ".join(words), timeout)) from None
     if process.returncode != 0:
-        said = err.decode(errors="replace").strip() or "nothing"
+        said = err.decode(errors="replace").strip().rstrip(".") or "nothing"
         hint = ""
         if "need to create an account" in said:
             hint = " Create a pico.sh account first: run `ssh pico.sh` and pick a user name."
@@ -242,7 +242,7 @@ class _Board:
         self._process = None
         self._lock = threading.Lock()
         self._closed = False
-        self.errors = collections.deque(maxlen=20)
+        self._errors = collections.deque(maxlen=20)  # the current session's stderr
 
     def connect(self):
         """Open a new ssh session to the board (closing any previous one)."""
@@ -253,11 +253,11 @@ class _Board:
             self._drop_process()
             self._process = _ssh(self.config, self.config.host, words,
                                  stdin=subprocess.PIPE)
-            process = self._process
+            process, self._errors = self._process, collections.deque(maxlen=20)
         threading.Thread(target=self._read, args=(process,), daemon=True,
                          name="p2p-board").start()
-        threading.Thread(target=self._read_errors, args=(process,), daemon=True,
-                         name="p2p-board-errors").start()
+        threading.Thread(target=self._read_errors, args=(process, self._errors),
+                         daemon=True, name="p2p-board-errors").start()
 
     def send(self, kind, **fields):
         """Write one message; a message written while disconnected is lost."""
@@ -314,9 +314,17 @@ class _Board:
         if current:
             self.on_drop()
 
-    def _read_errors(self, process):
+    def _read_errors(self, process, errors):
         for line in process.stderr:
-            self.errors.append(line.decode(errors="replace").strip())
+            errors.append(line.decode(errors="replace").strip())
+
+    def failure(self):
+        """What ssh said, when the current session ended with an error."""
+        with self._lock:
+            process, errors = self._process, self._errors
+        if process is None or process.poll() is None or not errors:
+            return None  # running, or dropped by the server (no message)
+        return "; ".join(errors)
 
 
 def _ls(config):
@@ -732,19 +740,32 @@ class _Member:
         self._welcome = threading.Event()
         self._denied = None
         self._closing = False
+        self._joining = False
         self.board = _Board(config, cluster.channel, self._on_message, self._on_drop)
 
     def join(self, timeout=JOIN_TIMEOUT):
         """Connect and make sure we are on the cluster's channel, or raise."""
         deadline = time.monotonic() + timeout
-        while not self._closing:
-            if self._try_join():
-                return
-            if self._denied:
-                raise ClusterError(self._denied)
-            if time.monotonic() > deadline:
-                raise ClusterError(self._unreachable())
-        raise ClusterError("left %s while joining it" % self.cluster)
+        self._joining = True
+        try:
+            while not self._closing:
+                if self._try_join():
+                    return
+                if self._denied:
+                    raise ClusterError(self._denied)
+                failure = self.board.failure()
+                if failure:
+                    raise P2PError("cannot open the board of %s with `ssh %s pipe "
+                                   "...`; ssh said: %s" % (self.cluster,
+                                                           self.config.host, failure))
+                if time.monotonic() > deadline:
+                    raise ClusterError(self._unreachable())
+            raise ClusterError("left %s while joining it" % self.cluster)
+        except BaseException:
+            self.board.disconnect()
+            raise
+        finally:
+            self._joining = False
 
     def _try_join(self):
         owner = self.user == self.cluster.owner
@@ -811,8 +832,8 @@ class _Member:
         """The host's list of non-members on the board changed."""
 
     def _on_drop(self):
-        if self._closing:
-            return
+        if self._closing or self._joining:
+            return  # joining retries by itself
         log.info("the board dropped our session; reconnecting")
         threading.Thread(target=self._rejoin, daemon=True).start()
 
@@ -927,7 +948,7 @@ class _Worker(_Member):
             try:
                 _send_file(self.config, result_code, result_path)
             except TransferError as exc:  # the client's receive tells the truth
-                log.info("sending the result of %s: %s", task, exc)
+                log.debug("sending the result of %s: %s", task, exc)
             self.done += 1
             log.info("task %s from %s: done in %.2fs", task, client,
                      time.monotonic() - started)
@@ -1350,8 +1371,9 @@ class _Host:
         self.close()
 
     def _check(self):
-        listed, users = _ls(self.config).get(self.cluster.channel, (None, []))
-        if not listed:
+        channels = _ls(self.config)
+        listed, users = channels.get(self.cluster.channel, (None, []))
+        if self.cluster.channel in channels and not listed:
             # pico.sh deletes the list when a member's first session ends
             # (and an owner's process may hold an empty one): store it again.
             log.info("the access list of %s is gone; storing it again", self.cluster)

@@ -16,7 +16,7 @@ import pytest
 
 import p2p
 from localstack import wait_until
-from test_localstack import parse_ls
+from test_localstack import on_channel, parse_ls
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def script(stack, user, source, timeout=90, env=None):
 
 
 STORY = """
-    import os, p2p, concurrent.futures
+    import os, p2p, concurrent.futures, threading
 
     f = p2p.submit(os.getpid)                      # a concurrent.futures.Future
     assert isinstance(f, concurrent.futures.Future)
@@ -65,12 +65,23 @@ STORY = """
         def __init__(self, x, y):
             self.x, self.y = x, y
 
+    def adder(n):                                  # a closure over a nested function
+        def add(x):
+            return x + n
+        return add
+
     offset = 100
     with p2p.Executor(os.environ["P2P_CLUSTER"]) as ex:   # a concurrent.futures.Executor
         futures = [ex.submit(work, i) for i in range(8)]
         done = [g.result() for g in concurrent.futures.as_completed(futures, timeout=60)]
         print("points", sorted((p.x, p.y) for p in done), type(done[0]) is Point)
         print("chunked", list(ex.map(str, range(7), chunksize=3)))
+        called, back = [], threading.Event()
+        g = ex.submit(adder(5), 1)
+        g.add_done_callback(lambda fut: (called.append(fut.result()), back.set()))
+        finished, _ = concurrent.futures.wait([g], timeout=60)
+        back.wait(60)  # callbacks run just after wait() wakes, as in concurrent.futures
+        print("closure", g.result(), called, finished == {g})
 """
 
 
@@ -81,6 +92,7 @@ def check_story(answer):
     assert "squares %s" % [x * x for x in range(20)] in answer.stdout
     assert "points %s True" % [(i, 100 + i) for i in range(8)] in answer.stdout
     assert "chunked %s" % [str(i) for i in range(7)] in answer.stdout
+    assert "closure 6 [6] True" in answer.stdout
 
 
 # -- the stories ------------------------------------------------------------------------
@@ -118,6 +130,18 @@ def test_a_personal_cluster_needs_no_host(stack):
     """, timeout=40)
     assert "ClusterError" in stranger.stderr
     assert "only diana can use it" in stranger.stderr
+
+
+def test_functions_typed_into_an_interactive_session_travel_too(stack):
+    worker(stack, "diana")
+    session = stack.run("diana", [sys.executable, "-q", "-i"], input=textwrap.dedent("""
+        import p2p
+        def cube(x):
+            return x ** 3
+
+        print("cubes", list(p2p.map(cube, range(4), timeout=60)))
+    """))
+    assert "cubes [0, 1, 8, 27]" in session.stdout, session.stderr
 
 
 def test_results_come_back_whole(stack, name):
@@ -169,6 +193,29 @@ def test_a_task_that_kills_its_process_fails_alone(stack, name):
     assert working.process.poll() is None  # the worker goes on
 
 
+def test_a_worker_never_takes_a_task_it_cannot_run(stack, name):
+    cluster = "alice/" + name
+    channel = cluster + "/board"
+    host(stack, cluster, "bob,carol")
+    # An old worker, as bob (a member) could announce one on the board.
+    old = stack.session("bob", "pipe", channel)
+    on_channel(stack, "alice", channel, "alice", "bob")
+    client = stack.process("bob", [sys.executable, "-c",
+                                   "import p2p; print(p2p.submit(lambda: 7).result(60))"],
+                           env={"P2P_CLUSTER": cluster})
+    old.expect('"role":"client"')
+    old.send(p2p._encode("idle", id="bob@old:1#1", py="2.7"))
+    working = worker(stack, "carol", cluster)  # after the old one, on the board
+    assert client.wait(timeout=60) == 0, client.errors
+    assert client.output == b"7\n"
+    assert b'"to":"bob@old:1#1"' not in old.output  # no one assigned it the lambda
+    # And a worker declines what it cannot run, whoever asks.
+    slot = re.search(r"worker (carol@\S+) ", working.errors.decode()).group(1) + "#1"
+    old.send(p2p._encode("assign", id="bob@old:2", to=slot, task="t1",
+                         dh=p2p._KeyShare().public, py="2.7", size=10))
+    old.expect('"why":"this worker runs Python %s"' % p2p.PY)
+
+
 # -- living with the real board --------------------------------------------------------------
 
 def test_the_host_stores_the_list_again_after_a_member_leaves(stack, name):
@@ -186,6 +233,18 @@ def test_the_host_stores_the_list_again_after_a_member_leaves(stack, name):
     answer = script(stack, "bob", "import p2p; print(p2p.submit(abs, -4).result(60))",
                     env={"P2P_CLUSTER": cluster})
     assert answer.stdout == "4\n", answer.stderr
+
+
+def test_peers_reconnect_when_the_board_throws_them_off(stack, name):
+    cluster = "alice/" + name
+    first = host(stack, cluster, "bob,carol")
+    working = worker(stack, "carol", cluster)
+    first.process.kill()  # carol's worker is now the last pipe: thrown off
+    working.expect("the board dropped our session; reconnecting", stream="stderr")
+    host(stack, cluster, "bob,carol")
+    answer = script(stack, "bob", "import p2p; print(p2p.submit(divmod, 7, 2).result(60))",
+                    env={"P2P_CLUSTER": cluster})
+    assert answer.stdout == "(3, 1)\n", answer.stderr
 
 
 def test_alices_own_worker_waits_for_her_host(stack, name):
@@ -315,6 +374,20 @@ def test_an_unpicklable_argument_is_refused_at_submit(stack):
 
 # -- command line and configuration --------------------------------------------------------------
 
+def test_a_key_pico_does_not_know_is_told_what_ssh_said(stack, tmp_path):
+    key = tmp_path / "unknown_key"
+    stack._keygen(str(key))
+    config = tmp_path / "ssh_config"
+    with open(stack.ssh_config("carol")) as f:
+        config.write_text(f.read().replace(
+            stack.user_dir("carol") + "/id_ed25519", str(key)))
+    answer = stack.run("carol", [sys.executable, "-m", "p2p", "user"], env={
+        "PATH": "/usr/bin:/bin", "P2P_SSH_ARGS": "-F %s" % config})
+    assert answer.returncode == 1
+    assert "Permission denied (publickey)" in answer.stderr
+    assert "not registered with pico.sh" in answer.stderr
+
+
 def test_python_m_p2p_user_prints_the_pico_user(stack):
     answer = stack.run("carol", [sys.executable, "-m", "p2p", "user"])
     assert (answer.returncode, answer.stdout) == (0, "carol\n")
@@ -357,3 +430,14 @@ def test_the_key_exchange_prime_is_a_safe_prime():
     assert alice.codes(bob.public, "t1") != alice.codes(bob.public, "t2")
     with pytest.raises(p2p.P2PError):
         alice.codes("AQ==", "t1")  # 1 is not a valid share
+
+
+def test_a_board_host_that_refuses_us_is_told_what_ssh_said(stack, tmp_path):
+    config = tmp_path / "ssh_config"
+    with open(stack.ssh_config("bob")) as f:  # pipe.pico.sh's host key: not accepted
+        config.write_text("Host pipe.pico.sh\n    HostKeyAlias stranger\n" + f.read())
+    answer = script(stack, "bob", "import p2p; p2p.Executor('alice/anything')",
+                    env={"PATH": "/usr/bin:/bin", "P2P_SSH_ARGS": "-F %s" % config},
+                    timeout=40)
+    assert "cannot open the board of alice/anything" in answer.stderr
+    assert "Host key verification failed" in answer.stderr

@@ -1,5 +1,6 @@
 """Bring up the local stack, or run the tests on it.
 
+    python3 -m localstack demo                 a p2p cluster of three users, at work
     python3 -m localstack test [PYTEST ARGS]   install what is missing, run pytest
     python3 -m localstack shell [USER] [-- CMD ...]
                                                a shell (or CMD) as USER on a stack
@@ -67,6 +68,32 @@ def shell(user, command, fixed=False):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def demo():
+    """alice hosts, carol contributes two workers, bob runs examples/primes.py."""
+    workdir = tempfile.mkdtemp(prefix="localstack-")
+    python = [sys.executable, "-m", "p2p"]
+    cluster = "alice/p2p"
+    try:
+        with Stack(workdir) as stack:
+            print("$ (alice) python -m p2p host %s --users bob,carol,diana" % cluster,
+                  flush=True)
+            host = stack.process("alice", python + ["host", cluster, "--users",
+                                                    "bob,carol,diana"])
+            host.expect("hosting", stream="stderr", timeout=30)
+            print("$ (carol) python -m p2p worker %s --workers 2" % cluster, flush=True)
+            worker = stack.process("carol", python + ["worker", cluster, "--workers", "2"])
+            worker.expect("worker carol@", stream="stderr", timeout=30)
+            print("$ (bob) python examples/primes.py %s" % cluster, flush=True)
+            example = os.path.join(namespace.REPO, "examples", "primes.py")
+            answer = stack.run("bob", [sys.executable, example, cluster], timeout=600)
+            print(answer.stdout + answer.stderr)
+            for title, process in (("alice's host", host), ("carol's workers", worker)):
+                print("%s said:\n%s" % (title, process.errors.decode()))
+            return answer.returncode
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     command = []
@@ -76,6 +103,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python3 -m localstack", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("demo", help="a p2p cluster of three users, at work")
+    commands.add_parser("_demo")  # the demo, in the namespace
     commands.add_parser("test", help="install what is missing, run pytest")
     commands.add_parser("install", help="install the Debian packages and pytest")
     for name in ("shell", "_shell"):  # _shell: the shell, in the namespace
@@ -90,6 +119,8 @@ def main(argv=None):
 
     if args.command == "_shell":
         return shell(args.user, command, args.fixed)
+    if args.command == "_demo":
+        return demo()
     if os.geteuid() != 0:
         if not shutil.which("sudo"):
             sys.exit("localstack: needs root for apt-get, unshare and mount; "
@@ -104,6 +135,8 @@ def main(argv=None):
     os.chdir(namespace.REPO)
     if args.command == "test":
         return namespace.enter([sys.executable, "-m", "pytest"] + pytest_args + command)
+    if args.command == "demo":
+        return namespace.enter([sys.executable, "-m", "localstack", "_demo"])
     inner = [sys.executable, "-m", "localstack", "_shell", args.user]
     inner += ["--fixed"] if args.fixed else []
     return namespace.enter(
