@@ -71,7 +71,7 @@ __all__ = [
 log = logging.getLogger("p2p")
 
 
-# -- errors ---------------------------------------------------------------------
+# -- errors -------------------------------------------------------------------
 
 class P2PError(Exception):
     """Something p2p.py cannot do; the message says what to do about it."""
@@ -100,7 +100,7 @@ class _RemoteTraceback(Exception):
         return self.text
 
 
-# -- configuration -----------------------------------------------------------------
+# -- configuration ------------------------------------------------------------
 
 PY = "%d.%d" % sys.version_info[:2]  # by-value code runs only on the same minor
 JOIN_TIMEOUT = 15.0  # seconds to find a cluster's host before giving up
@@ -159,7 +159,7 @@ def _default_cluster(user):
     return os.environ.get("P2P_CLUSTER") or "%s/personal" % user
 
 
-# -- identity --------------------------------------------------------------------------
+# -- identity -----------------------------------------------------------------
 
 def _ssh(config, host, words, **popen):
     """Start ``ssh HOST WORDS...`` with the configured arguments: the one way to ssh."""
@@ -219,11 +219,12 @@ def whoami(config=None):
     return _users[key]
 
 
-def _peer_id(user, suffix=""):
-    return "%s@%s:%d%s" % (user, socket.gethostname(), os.getpid(), suffix)
+def _peer_id(user):
+    """How peers name a process on the board: user@host:pid."""
+    return "%s@%s:%d" % (user, socket.gethostname(), os.getpid())
 
 
-# -- board -----------------------------------------------------------------------------
+# -- board --------------------------------------------------------------------
 
 class _Board:
     """One ssh pipe to a cluster's board; it reconnects when the server drops it.
@@ -343,7 +344,144 @@ def _ls(config):
     return channels
 
 
-# -- wire messages ------------------------------------------------------------------------
+class _Member:
+    """A process's presence on a cluster's board: joins, checks, rejoins.
+
+    pico.sh puts anyone who is not on the host's access list on a channel
+    of their own, silently. So a member is joined only when the host has
+    welcomed it; the owner's own processes must also never be the first
+    to connect (they would store an empty list and lock members out).
+    """
+
+    role = "client"
+
+    def __init__(self, config, cluster, user, peer_id):
+        self.config = config
+        self.cluster = cluster
+        self.user = user
+        self.id = peer_id
+        self.intruders = []
+        self._welcome = threading.Event()
+        self._denied = None
+        self._closing = False
+        self._joining = False
+        self.board = _Board(config, cluster.channel, self._on_message, self._on_drop)
+
+    def join(self, timeout=JOIN_TIMEOUT):
+        """Connect and make sure we are on the cluster's channel, or raise."""
+        deadline = time.monotonic() + timeout
+        self._joining = True
+        try:
+            while not self._closing:
+                if self._try_join():
+                    return
+                if self._denied:
+                    raise ClusterError(self._denied)
+                failure = self.board.failure()
+                if failure:
+                    raise P2PError("cannot open the board of %s with `ssh %s pipe "
+                                   "...`; ssh said: %s" % (self.cluster,
+                                                           self.config.host, failure))
+                if time.monotonic() > deadline:
+                    raise ClusterError(self._unreachable())
+            raise ClusterError("left %s while joining it" % self.cluster)
+        except BaseException:
+            self.board.disconnect()
+            raise
+        finally:
+            self._joining = False
+
+    def _try_join(self):
+        owner = self.user == self.cluster.owner
+        if self.cluster.personal and owner:
+            self.board.connect()
+            self.board.send("hello", id=self.id, role=self.role, user=self.user, py=PY)
+            self._joined()
+            return True
+        if owner and not self._host_holds_list():
+            time.sleep(1.0)  # wait for the host; connecting now would lock members out
+            return False
+        self._welcome.clear()
+        self.board.connect()
+        if owner and not self._host_holds_list():
+            self.board.disconnect()  # we stored an empty list: step aside
+            time.sleep(1.0)
+            return False
+        self.board.send("hello", id=self.id, role=self.role, user=self.user, py=PY)
+        if self._welcome.wait(ANSWER_TIMEOUT) and not self._denied:
+            self._joined()
+            return True
+        return False
+
+    def _host_holds_list(self):
+        listed, _ = _ls(self.config).get(self.cluster.channel, (None, []))
+        return bool(listed)
+
+    def _unreachable(self):
+        if self.cluster.personal:
+            return ("%s is a personal cluster: only %s can use it (you are %s)"
+                    % (self.cluster, self.cluster.owner, self.user))
+        return (
+            "%s cannot reach cluster %s: no host answered within %gs. Either it "
+            "is not hosted right now, or %s is not on its access list (pico.sh then "
+            "silently puts %s on a channel of their own). %s must run: "
+            "python -m p2p host %s --users ...,%s"
+            % (self.user, self.cluster, JOIN_TIMEOUT, self.user, self.user,
+               self.cluster.owner, self.cluster, self.user))
+
+    def _joined(self):
+        """Called once connected and welcomed (again after each reconnect)."""
+
+    def _on_message(self, msg):
+        if msg.get("to") == self.id and msg.kind == "welcome":
+            self.intruders = msg["intruders"]
+            self._welcome.set()
+        elif msg.get("to") == self.id and msg.kind == "denied":
+            self._denied = "%s: %s" % (self.cluster, msg["why"])
+            self._welcome.set()
+            self._on_denied()
+        elif msg.kind == "intruders":
+            self.intruders = msg["users"]
+            self._on_intruders()
+        else:
+            self.handle(msg)
+
+    def handle(self, msg):
+        """A board message for this kind of member."""
+
+    def _on_denied(self):
+        """The host said we are not a member."""
+
+    def _on_intruders(self):
+        """The host's list of non-members on the board changed."""
+
+    def _on_drop(self):
+        if self._closing or self._joining:
+            return  # joining retries by itself
+        log.info("the board dropped our session; reconnecting")
+        threading.Thread(target=self._rejoin, daemon=True).start()
+
+    def _rejoin(self):
+        delay = 0.5
+        while not self._closing:
+            try:
+                self.join()
+                return
+            except P2PError as exc:
+                log.warning("cannot rejoin %s yet: %s", self.cluster, exc)
+                if self._denied:
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def leave(self):
+        if not self._closing:
+            self._closing = True
+            self.board.send("bye", id=self.id)
+            self.board.close()
+
+
+# -- wire messages ------------------------------------------------------------
 
 _PREFIX = b"p2p1 "
 # Each kind's fields and their types; other fields are ignored.
@@ -391,7 +529,7 @@ def _decode(line):
     return _Message(fields)
 
 
-# -- serialization --------------------------------------------------------------------------
+# -- serialization ------------------------------------------------------------
 
 def _importable(obj):
     """True when pickle can send obj by reference (module + qualified name)."""
@@ -534,7 +672,7 @@ def _describe_unpicklable(fn, args, kwargs):
     return "the task cannot be sent to a worker"
 
 
-# -- transfer -----------------------------------------------------------------------------
+# -- transfer -----------------------------------------------------------------
 
 # RFC 3526 group 14: Diffie-Hellman over the board gives each task's two
 # peers wormhole codes that no one else on the board can compute.
@@ -618,7 +756,7 @@ def _receive_file(config, code, name, size, folder):
     return path
 
 
-# -- worker ---------------------------------------------------------------------------------
+# -- worker -------------------------------------------------------------------
 
 def _run_task(task_path, result_path):
     """Run one pickled task and pickle its outcome (in a runner process)."""
@@ -655,13 +793,17 @@ def _run_task(task_path, result_path):
         payload, _ = _dumps(outcome)
     except Exception as exc:
         what = "result" if "value" in outcome else "exception"
-        payload, _ = _dumps({
-            "error": P2PError("the task's %s cannot be sent back: %s" % (what, exc)),
-            "traceback": outcome.get("traceback", ""),
-            "stdout": outcome["stdout"], "stderr": outcome["stderr"], "warnings": [],
-        })
+        payload = _failure(P2PError("the task's %s cannot be sent back: %s" % (what, exc)),
+                           outcome.get("traceback", ""), outcome["stdout"],
+                           outcome["stderr"])
     with open(result_path, "wb") as f:
         f.write(payload)
+
+
+def _failure(error, traceback_text="", stdout="", stderr=""):
+    """A pickled outcome for a task that failed outside its own code."""
+    return _dumps({"error": error, "traceback": traceback_text, "stdout": stdout,
+                   "stderr": stderr, "warnings": []})[0]
 
 
 def _serve_tasks():
@@ -706,155 +848,14 @@ class _Runner:
         status = self.process.wait()
         reason = ("signal %s" % signal.Signals(-status).name if status < 0
                   else "exit status %d" % status)
-        payload, _ = _dumps({
-            "error": TaskCrashed("the process running the task died (%s); the "
-                                 "worker goes on" % reason),
-            "traceback": "", "stdout": "", "stderr": "", "warnings": [],
-        })
         with open(result_path, "wb") as f:
-            f.write(payload)
+            f.write(_failure(TaskCrashed("the process running the task died (%s); "
+                                         "the worker goes on" % reason)))
 
     def stop(self):
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-class _Member:
-    """A process's presence on a cluster's board: joins, checks, rejoins.
-
-    pico.sh puts anyone who is not on the host's access list on a channel
-    of their own, silently. So a member is joined only when the host has
-    welcomed it; the owner's own processes must also never be the first
-    to connect (they would store an empty list and lock members out).
-    """
-
-    role = "client"
-
-    def __init__(self, config, cluster, user, peer_id):
-        self.config = config
-        self.cluster = cluster
-        self.user = user
-        self.id = peer_id
-        self.intruders = []
-        self._welcome = threading.Event()
-        self._denied = None
-        self._closing = False
-        self._joining = False
-        self.board = _Board(config, cluster.channel, self._on_message, self._on_drop)
-
-    def join(self, timeout=JOIN_TIMEOUT):
-        """Connect and make sure we are on the cluster's channel, or raise."""
-        deadline = time.monotonic() + timeout
-        self._joining = True
-        try:
-            while not self._closing:
-                if self._try_join():
-                    return
-                if self._denied:
-                    raise ClusterError(self._denied)
-                failure = self.board.failure()
-                if failure:
-                    raise P2PError("cannot open the board of %s with `ssh %s pipe "
-                                   "...`; ssh said: %s" % (self.cluster,
-                                                           self.config.host, failure))
-                if time.monotonic() > deadline:
-                    raise ClusterError(self._unreachable())
-            raise ClusterError("left %s while joining it" % self.cluster)
-        except BaseException:
-            self.board.disconnect()
-            raise
-        finally:
-            self._joining = False
-
-    def _try_join(self):
-        owner = self.user == self.cluster.owner
-        if self.cluster.personal and owner:
-            self.board.connect()
-            self.board.send("hello", id=self.id, role=self.role, user=self.user, py=PY)
-            self._joined()
-            return True
-        if owner and not self._host_holds_list():
-            time.sleep(1.0)  # wait for the host; connecting now would lock members out
-            return False
-        self._welcome.clear()
-        self.board.connect()
-        if owner and not self._host_holds_list():
-            self.board.disconnect()  # we stored an empty list: step aside
-            time.sleep(1.0)
-            return False
-        self.board.send("hello", id=self.id, role=self.role, user=self.user, py=PY)
-        if self._welcome.wait(ANSWER_TIMEOUT) and not self._denied:
-            self._joined()
-            return True
-        return False
-
-    def _host_holds_list(self):
-        listed, _ = _ls(self.config).get(self.cluster.channel, (None, []))
-        return bool(listed)
-
-    def _unreachable(self):
-        if self.cluster.personal:
-            return ("%s is a personal cluster: only %s can use it (you are %s)"
-                    % (self.cluster, self.cluster.owner, self.user))
-        return (
-            "%s cannot reach cluster %s: no host answered within %gs. Either it "
-            "is not hosted right now, or %s is not on its access list (pico.sh then "
-            "silently puts %s on a channel of their own). %s must run: "
-            "python -m p2p host %s --users ...,%s"
-            % (self.user, self.cluster, JOIN_TIMEOUT, self.user, self.user,
-               self.cluster.owner, self.cluster, self.user))
-
-    def _joined(self):
-        """Called once connected and welcomed (again after each reconnect)."""
-
-    def _on_message(self, msg):
-        if msg.get("to") == self.id and msg.kind == "welcome":
-            self.intruders = msg["intruders"]
-            self._welcome.set()
-        elif msg.get("to") == self.id and msg.kind == "denied":
-            self._denied = "%s: %s" % (self.cluster, msg["why"])
-            self._welcome.set()
-            self._on_denied()
-        elif msg.kind == "intruders":
-            self.intruders = msg["users"]
-            self._on_intruders()
-        else:
-            self.handle(msg)
-
-    def handle(self, msg):
-        """A board message for this kind of member."""
-
-    def _on_denied(self):
-        """The host said we are not a member."""
-
-    def _on_intruders(self):
-        """The host's list of non-members on the board changed."""
-
-    def _on_drop(self):
-        if self._closing or self._joining:
-            return  # joining retries by itself
-        log.info("the board dropped our session; reconnecting")
-        threading.Thread(target=self._rejoin, daemon=True).start()
-
-    def _rejoin(self):
-        delay = 0.5
-        while not self._closing:
-            try:
-                self.join()
-                return
-            except P2PError as exc:
-                log.warning("cannot rejoin %s yet: %s", self.cluster, exc)
-                if self._denied:
-                    return
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-    def leave(self):
-        if not self._closing:
-            self._closing = True
-            self.board.send("bye", id=self.id)
-            self.board.close()
 
 
 class _Slot:
@@ -985,7 +986,7 @@ class _Worker(_Member):
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-# -- client / executor ------------------------------------------------------------------------
+# -- client / executor --------------------------------------------------------
 
 class _TaskFuture(concurrent.futures.Future):
     """A Future that replays the task's output when its outcome is read."""
@@ -1297,7 +1298,7 @@ def map(fn, *iterables, timeout=None, chunksize=1):  # noqa: A001
                                    chunksize=chunksize)
 
 
-# -- host -------------------------------------------------------------------------------------
+# -- host ---------------------------------------------------------------------
 
 class _Host:
     """Keeps a shared cluster open: its access list, its welcomes, its watch."""
@@ -1399,7 +1400,7 @@ class _Host:
         self.board.close()
 
 
-# -- command line -------------------------------------------------------------------------------
+# -- command line -------------------------------------------------------------
 
 def _duration(text):
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -179,17 +179,27 @@ def test_a_task_that_kills_its_process_fails_alone(stack, name):
     host(stack, cluster, "bob,carol")
     working = worker(stack, "carol", cluster)
     answer = script(stack, "bob", """
-        import os, p2p
+        import ctypes, os, p2p
+
+        def hog():
+            raise MemoryError("out of memory")
+
         with p2p.Executor(os.environ["P2P_CLUSTER"]) as ex:
-            try:
-                ex.submit(os._exit, 3).result(timeout=60)
-            except p2p.TaskCrashed as exc:
-                print("crashed:", exc)
+            for task in (lambda: os._exit(3), lambda: ctypes.string_at(0), hog):
+                try:
+                    ex.submit(task).result(timeout=60)
+                except (p2p.TaskCrashed, MemoryError) as exc:
+                    print(type(exc).__name__, exc)
             print("after", ex.submit(sum, [2, 3]).result(timeout=60))
     """, env={"P2P_CLUSTER": cluster})
     assert answer.returncode == 0, answer.stderr
-    assert "crashed: the process running the task died (exit status 3)" in answer.stdout
-    assert "after 5" in answer.stdout
+    assert answer.stdout.splitlines() == [
+        "TaskCrashed the process running the task died (exit status 3); "
+        "the worker goes on",
+        "TaskCrashed the process running the task died (signal SIGSEGV); "
+        "the worker goes on",
+        "MemoryError out of memory",
+        "after 5"]
     assert working.process.poll() is None  # the worker goes on
 
 
@@ -386,6 +396,16 @@ def test_a_key_pico_does_not_know_is_told_what_ssh_said(stack, tmp_path):
     assert answer.returncode == 1
     assert "Permission denied (publickey)" in answer.stderr
     assert "not registered with pico.sh" in answer.stderr
+
+
+def test_workers_and_hosts_stop_after_their_duration(stack, name):
+    cluster = "alice/" + name
+    hosting = p2p_command(stack, "alice", "host", cluster, "--users", "bob",
+                          "--duration", "4s")
+    hosting.expect("hosting %s" % cluster, stream="stderr", timeout=30)
+    working = p2p_command(stack, "alice", "worker", "--duration", "2s")
+    assert working.wait(timeout=30) == 0
+    assert hosting.wait(timeout=30) == 0
 
 
 def test_python_m_p2p_user_prints_the_pico_user(stack):
