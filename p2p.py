@@ -39,6 +39,7 @@ import base64
 import builtins
 import collections
 import concurrent.futures
+import dis
 import hashlib
 import importlib
 import io
@@ -285,15 +286,17 @@ class _Board:
     def _drop_process(self):
         if self._process is not None:
             try:
-                self._process.stdin.close()
+                self._process.stdin.close()  # EOF: pico.sh ends the session
             except OSError:
                 pass
-            if self._process.poll() is None:
-                self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
+            for stop in (None, self._process.terminate, self._process.kill):
+                if stop is not None:
+                    stop()
+                try:
+                    self._process.wait(1.0)  # time for our last lines to go out
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
             self._process = None
 
     def _read(self, process):
@@ -326,6 +329,22 @@ class _Board:
         if process is None or process.poll() is None or not errors:
             return None  # running, or dropped by the server (no message)
         return "; ".join(errors)
+
+
+class _Backoff:
+    """Pauses before reconnecting: none after a long session, growing after short ones."""
+
+    def __init__(self):
+        self.delay = 0.0
+        self.since = time.monotonic()
+
+    def connected(self):
+        self.since = time.monotonic()
+
+    def wait(self):
+        quick = time.monotonic() - self.since < 10.0
+        self.delay = min(max(self.delay * 2, 0.5), 30.0) if quick else 0.0
+        time.sleep(self.delay)
 
 
 def _ls(config):
@@ -365,6 +384,7 @@ class _Member:
         self._denied = None
         self._closing = False
         self._joining = False
+        self._backoff = _Backoff()
         self.board = _Board(config, cluster.channel, self._on_message, self._on_drop)
 
     def join(self, timeout=JOIN_TIMEOUT):
@@ -374,6 +394,7 @@ class _Member:
         try:
             while not self._closing:
                 if self._try_join():
+                    self._backoff.connected()
                     return
                 if self._denied:
                     raise ClusterError(self._denied)
@@ -463,6 +484,7 @@ class _Member:
 
     def _rejoin(self):
         delay = 0.5
+        self._backoff.wait()
         while not self._closing:
             try:
                 self.join()
@@ -549,11 +571,15 @@ class _Pickler(pickle.Pickler):
     def __init__(self, file):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.by_value = False  # True when the payload carries code objects
+        # Functions that share a module's globals share one dict on arrival,
+        # so that one's ``global x`` is seen by the others.
+        self.namespaces = {}
 
     def reducer_override(self, obj):
         if isinstance(obj, types.FunctionType) and not _importable(obj):
             self.by_value = True
-            return _reduce_function(obj)
+            namespace = self.namespaces.setdefault(id(obj.__globals__), {})
+            return _reduce_function(obj, namespace)
         if isinstance(obj, type) and not _importable(obj):
             self.by_value = True
             return _reduce_class(obj)
@@ -563,6 +589,8 @@ class _Pickler(pickle.Pickler):
             return type(obj), (obj.__func__,)
         if isinstance(obj, property):
             return property, (obj.fget, obj.fset, obj.fdel, obj.__doc__)
+        if isinstance(obj, types.MappingProxyType):  # e.g. in a dataclass's fields
+            return types.MappingProxyType, (dict(obj),)
         return NotImplemented
 
 
@@ -578,15 +606,19 @@ class _EmptyCell:
     """Stands for a closure cell with no value yet."""
 
 
+_GLOBAL_OPS = {"LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME"}
+
+
 def _global_names(code):
-    names = set(code.co_names)
+    """The global names code uses (not attribute names, which share co_names)."""
+    names = {op.argval for op in dis.get_instructions(code) if op.opname in _GLOBAL_OPS}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _global_names(const)
     return names
 
 
-def _reduce_function(func):
+def _reduce_function(func, namespace):
     cells = [c.cell_contents if _cell_filled(c) else _EmptyCell
              for c in func.__closure__ or ()]
     known = func.__globals__
@@ -596,7 +628,7 @@ def _reduce_function(func):
         "closure": cells, "dict": func.__dict__, "module": func.__module__,
         "qualname": func.__qualname__, "doc": func.__doc__,
     }
-    args = (PY, marshal.dumps(func.__code__), func.__name__, len(cells))
+    args = (PY, marshal.dumps(func.__code__), func.__name__, len(cells), namespace)
     # State comes after the function is memoized, so recursion resolves.
     return _make_function, args, state, None, None, _fill_function
 
@@ -609,13 +641,13 @@ def _cell_filled(cell):
     return True
 
 
-def _make_function(py, code, name, ncells):
+def _make_function(py, code, name, ncells, namespace):
     if py != PY:
         raise P2PError("this task's code was written for Python %s and cannot run "
                        "on Python %s" % (py, PY))
     cells = tuple(types.CellType() for _ in range(ncells))
-    return types.FunctionType(marshal.loads(code), {"__builtins__": builtins},
-                              name, None, cells)
+    namespace.setdefault("__builtins__", builtins)
+    return types.FunctionType(marshal.loads(code), namespace, name, None, cells)
 
 
 def _fill_function(func, state):
@@ -634,8 +666,9 @@ def _fill_function(func, state):
 def _reduce_class(cls):
     slots = getattr(cls, "__slots__", ())
     slots = (slots,) if isinstance(slots, str) else tuple(slots)
-    attrs = {k: v for k, v in vars(cls).items()
-             if k not in ("__dict__", "__weakref__") + slots}
+    # The metaclass makes these anew (ABCMeta's cache, for one).
+    skip = ("__dict__", "__weakref__", "_abc_impl") + slots
+    attrs = {k: v for k, v in vars(cls).items() if k not in skip}
     args = (type(cls), cls.__name__, cls.__qualname__, cls.__module__, cls.__bases__,
             {"__slots__": slots} if slots else {})
     return _make_class, args, attrs, None, None, _fill_class
@@ -929,6 +962,14 @@ class _Worker(_Member):
         share = _KeyShare()
         started = time.monotonic()
         folder = tempfile.mkdtemp(dir=self.scratch)
+        released = []
+
+        def release():  # once: the slot may take its next task while we send
+            if not released:
+                released.append(True)
+                with self._lock:
+                    slot.busy = False
+
         try:
             task_code, result_code = share.codes(msg["dh"], task)
             self.board.send("accept", id=slot.id, to=client, task=task, dh=share.public)
@@ -944,8 +985,7 @@ class _Worker(_Member):
             slot.runner.run(task_path, result_path)
             size = os.path.getsize(result_path)
             self.board.send("result", id=slot.id, to=client, task=task, size=size)
-            with self._lock:
-                slot.busy = False
+            release()
             try:
                 _send_file(self.config, result_code, result_path)
             except TransferError as exc:  # the client's receive tells the truth
@@ -958,17 +998,16 @@ class _Worker(_Member):
         except Exception:
             log.exception("task %s from %s: the worker failed", task, client)
         finally:
-            with self._lock:
-                slot.busy = False
+            release()
             shutil.rmtree(folder, ignore_errors=True)
 
     def serve(self, duration):
         """Join, take tasks until duration passes or stop(); then leave."""
-        self.join()
-        log.info("worker %s on %s: %d slot(s), Python %s", self.id, self.cluster,
-                 len(self.slots), PY)
         deadline = time.monotonic() + duration
         try:
+            self.join()
+            log.info("worker %s on %s: %d slot(s), Python %s", self.id, self.cluster,
+                     len(self.slots), PY)
             while not self.stopped.wait(min(IDLE_EVERY, max(0.0, deadline - time.monotonic()))):
                 if time.monotonic() >= deadline:
                     break
@@ -1037,8 +1076,8 @@ class _Client(_Member):
     def __init__(self, config, cluster, user):
         super().__init__(config, cluster, user, _peer_id(user))
         self.scratch = tempfile.mkdtemp(prefix="p2p-client-")
-        self.idle = {}  # worker slot id -> its Python version, for free slots
-        self.pythons = {}  # worker slot id -> Python version, as announced
+        self.idle = set()  # worker slot ids, free as far as we know
+        self.pythons = {}  # worker slot id -> its Python version, as announced
         self.queue = collections.deque()
         self.tasks = {}  # task id -> _Task (assigned, not finished)
         self.changed = threading.Condition()
@@ -1060,14 +1099,13 @@ class _Client(_Member):
                 self._answer(msg)
             if msg.kind == "idle":
                 self.pythons[msg["id"]] = msg["py"]
-                self.idle[msg["id"]] = msg["py"]
+                self.idle.add(msg["id"])
             elif msg.kind == "result":  # that worker is free again
-                self.idle[msg["id"]] = self.pythons.get(msg["id"], "")
+                self.idle.add(msg["id"])
             elif msg.kind == "assign":  # another client took that worker
-                self.idle.pop(msg["to"], None)
+                self.idle.discard(msg["to"])
             elif msg.kind == "bye":
-                for slot in [w for w in self.idle if w.startswith(msg["id"] + "#")]:
-                    del self.idle[slot]
+                self.idle -= {w for w in self.idle if w.startswith(msg["id"] + "#")}
             self.changed.notify_all()
 
     def _answer(self, msg):
@@ -1075,13 +1113,16 @@ class _Client(_Member):
         if task is None or task.worker != msg["id"]:
             return  # not an answer from the worker this task was assigned to
         if msg.kind == "decline":
-            self._retry(task, msg["why"], failed=msg["why"].startswith(_LOST_TASK))
+            # Off the board's reader: failing a future runs user callbacks.
+            threading.Thread(target=self._retry, daemon=True, args=(
+                task, msg["why"], msg["why"].startswith(_LOST_TASK))).start()
         elif msg.kind == "accept" and task.share is not None:
             share, task.share = task.share, None
             try:
                 task_code, task.result_code = share.codes(msg["dh"], task.id)
             except P2PError as exc:
-                self._finish(task, error=exc)
+                threading.Thread(target=self._finish, args=(task, None, exc),
+                                 daemon=True).start()
                 return
             threading.Thread(target=self._send_task, args=(task, task_code),
                              daemon=True).start()
@@ -1116,18 +1157,18 @@ class _Client(_Member):
             with self.changed:
                 self._expire_assignments()
                 pairs = []
-                while self.queue and not self.intruders:
-                    task = self.queue[0]
-                    worker = next((w for w, py in self.idle.items()
-                                   if task.py in ("", py)), None)
+                for task in list(self.queue) if not self.intruders else []:
+                    worker = next((w for w in self.idle
+                                   if task.py in ("", self.pythons.get(w))), None)
                     if worker is None:
-                        break
-                    self.queue.popleft()
+                        continue  # no idle worker runs its Python; later ones may go
+                    self.queue.remove(task)
                     if not task.started:
                         if not task.future.set_running_or_notify_cancel():
                             continue
                         task.started = True
-                    del self.idle[worker]
+                    self.idle.discard(worker)
+                    task.id = secrets.token_hex(8)  # a late answer to a past try is moot
                     task.worker, task.share = worker, _KeyShare()
                     task.assigned_at = time.monotonic()
                     self.tasks[task.id] = task
@@ -1197,15 +1238,20 @@ class _Client(_Member):
         else:
             task.future.set_result(value)
 
-    def close(self, cancel):
+    def unfinished(self):
         with self.changed:
-            if cancel:
-                for task in self.queue:
-                    task.future.cancel()
-                self.queue.clear()
+            return [t.future for t in list(self.queue) + list(self.tasks.values())]
+
+    def close(self):
+        """Leave the board; a future still unfinished fails rather than hangs."""
         self.leave()
         with self.changed:
             self.changed.notify_all()
+            tasks, self.tasks = list(self.queue) + list(self.tasks.values()), {}
+            self.queue.clear()
+        for task in tasks:
+            self._finish(task, error=P2PError("the executor was shut down before "
+                                              "task %s finished" % task.id))
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
@@ -1227,17 +1273,22 @@ class Executor(concurrent.futures.Executor):
         self.cluster = Cluster(cluster or _default_cluster(user))
         self._client = _Client(self._config, self.cluster, user)
         self._shutdown = False
-        self._client.start()
+        try:
+            self._client.start()
+        except BaseException:
+            self._client.close()
+            raise
 
     def submit(self, fn, /, *args, **kwargs):
-        if self._shutdown:
-            raise RuntimeError("cannot submit after shutdown")
         try:
             payload, by_value = _dumps((fn, args, kwargs))
         except Exception:
             raise P2PError(_describe_unpicklable(fn, args, kwargs)) from None
         future = _TaskFuture()
-        self._client.put(_Task(payload, by_value, future))
+        with self._client.changed:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._client.put(_Task(payload, by_value, future))
         return future
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
@@ -1249,15 +1300,24 @@ class Executor(concurrent.futures.Executor):
         return (value for batch in results for value in batch)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
-        if self._shutdown:
-            return
-        self._shutdown = True
-        if wait and not cancel_futures:
-            with self._client.changed:
-                pending = [t.future for t in list(self._client.queue)]
-                pending += [t.future for t in self._client.tasks.values()]
-            concurrent.futures.wait(pending)
-        self._client.close(cancel=cancel_futures)
+        with self._client.changed:
+            if self._shutdown:
+                return
+            self._shutdown = True
+            if cancel_futures:
+                for task in list(self._client.queue):
+                    if task.future.cancel():  # not yet running
+                        self._client.queue.remove(task)
+        unfinished = self._client.unfinished()
+
+        def finish():
+            concurrent.futures.wait(unfinished)
+            self._client.close()
+
+        if wait:
+            finish()
+        else:  # the tasks go on; the board is left when they are done
+            threading.Thread(target=finish, daemon=True, name="p2p-shutdown").start()
 
 
 def _batched(iterable, size):
@@ -1319,6 +1379,7 @@ class _Host:
         self.present = set()
         self.stopped = threading.Event()
         self._rival = threading.Event()
+        self._backoff = _Backoff()
         self.board = _Board(config, cluster.channel, self._on_message, self._on_drop,
                             access=self.members or [user])
 
@@ -1357,7 +1418,9 @@ class _Host:
     def _on_drop(self):
         if not self.stopped.is_set():
             log.info("the board dropped the host's session; reconnecting")
+            self._backoff.wait()
             self.board.connect()
+            self._backoff.connected()
 
     def watch(self, duration):
         """Keep the list stored and watch for strangers until duration passes."""

@@ -109,11 +109,14 @@ def test_bob_runs_a_lambda_on_alices_cluster(stack, name):
     hosting.expect("carol@", stream="stderr")
 
 
-def test_the_story_also_runs_on_a_board_without_the_bugs(fixed_stack, name):
+def test_the_stories_also_run_on_a_board_without_the_bugs(fixed_stack, name):
     cluster = "alice/" + name
     host(fixed_stack, cluster, "bob,carol")
     worker(fixed_stack, "carol", cluster)
     check_story(script(fixed_stack, "bob", STORY, env={"P2P_CLUSTER": cluster}))
+    worker(fixed_stack, "diana")
+    personal = script(fixed_stack, "diana", "import p2p; print(p2p.submit(abs, -2).result(60))")
+    assert personal.stdout == "2\n", personal.stderr
 
 
 def test_a_personal_cluster_needs_no_host(stack):
@@ -142,6 +145,50 @@ def test_functions_typed_into_an_interactive_session_travel_too(stack):
         print("cubes", list(p2p.map(cube, range(4), timeout=60)))
     """))
     assert "cubes [0, 1, 8, 27]" in session.stdout, session.stderr
+
+
+def test_functions_sent_by_value_share_their_module_globals(stack):
+    worker(stack, "diana")
+    answer = script(stack, "diana", """
+        import threading, p2p
+
+        lock = threading.Lock()          # never sent: below, .lock is an attribute
+        model = None
+
+        def setup():
+            global model
+            model = 41
+
+        def predict(item):
+            return model + 1, item.lock
+
+        class Item:
+            lock = "attribute"
+
+        def task():
+            setup()
+            return predict(Item())
+
+        print(p2p.submit(task).result(timeout=60))
+    """)
+    assert answer.stdout == "(42, 'attribute')\n", answer.stderr
+
+
+def test_shutdown_without_waiting_lets_tasks_finish(stack):
+    worker(stack, "diana")
+    answer = script(stack, "diana", """
+        import p2p
+        ex = p2p.Executor()
+        f = ex.submit(pow, 2, 5)
+        ex.shutdown(wait=False)
+        try:
+            ex.submit(pow, 2, 6)
+        except RuntimeError as exc:
+            print("refused:", exc)
+        print(f.result(timeout=60))
+    """)
+    assert answer.stdout == (
+        "refused: cannot schedule new futures after shutdown\n32\n"), answer.stderr
 
 
 def test_results_come_back_whole(stack, name):
@@ -224,6 +271,28 @@ def test_a_worker_never_takes_a_task_it_cannot_run(stack, name):
     old.send(p2p._encode("assign", id="bob@old:2", to=slot, task="t1",
                          dh=p2p._KeyShare().public, py="2.7", size=10))
     old.expect('"why":"this worker runs Python %s"' % p2p.PY)
+
+
+def test_wormhole_codes_never_appear_on_the_board(stack, name):
+    cluster = "alice/" + name
+    channel = cluster + "/board"
+    host(stack, cluster, "bob,carol")
+    listener = stack.session("bob", "pipe", channel)  # a member who listens
+    on_channel(stack, "alice", channel, "alice", "bob")
+    working = p2p_command(stack, "carol", "worker", cluster, "-v")  # logs its codes
+    working.expect("worker carol@", stream="stderr", timeout=30)
+    answer = script(stack, "bob",
+                    "import p2p; print(p2p.submit(pow, 3, 4).result(60))",
+                    env={"P2P_CLUSTER": cluster})
+    assert answer.stdout == "81\n", answer.stderr
+    working.expect("wormhole-william send", stream="stderr")
+    codes = re.findall(r"wormhole-william (?:receive|send) --hide-progress "
+                       r"(?:--code )?(\d+-[0-9a-f]+)", working.errors.decode())
+    assert len(codes) == 2  # the task's and the result's
+    assert b'"k":"assign"' in listener.output and b'"k":"accept"' in listener.output
+    for code in codes:
+        assert code.encode() not in listener.output
+        assert code.split("-")[1].encode() not in listener.output
 
 
 # -- living with the real board --------------------------------------------------------------
