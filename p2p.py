@@ -66,7 +66,8 @@ import warnings
 __version__ = "0.1.0"
 __all__ = [
     "Executor", "submit", "map", "whoami",
-    "P2PError", "ClusterError", "TransferError", "TaskCrashed", "__version__",
+    "P2PError", "ClusterError", "TransferError", "TaskCrashed", "WorkerLost",
+    "__version__",
 ]
 
 log = logging.getLogger("p2p")
@@ -90,6 +91,10 @@ class TaskCrashed(P2PError):
     """The process running a task died (os._exit, a signal, a segfault)."""
 
 
+class WorkerLost(P2PError):
+    """The workers of a task vanished, more often than the retries allowed."""
+
+
 class _RemoteTraceback(Exception):
     """Carries a worker's traceback text as the __cause__ of its exception."""
 
@@ -109,7 +114,9 @@ ANSWER_TIMEOUT = 3.0  # seconds to wait for a host's welcome on one connection
 ASSIGN_TIMEOUT = 10.0  # seconds for a worker to accept an assignment
 HOST_CHECK = 3.0  # seconds between the host's looks at ls
 IDLE_EVERY = 15.0  # seconds between an idle worker's announcements
-TRANSFER_TRIES = 3  # assignments of one task before a transfer failure is final
+ALIVE_EVERY = 5.0  # seconds between the "alive" lines of a peer with work in flight
+LOST_AFTER = 20.0  # seconds of silence after which such a peer is lost
+RETRIES = 2  # default: new assignments of a task after its worker or transfer failed
 _LOST_TASK = "the task did not arrive"  # a worker's decline after a failed transfer
 MAX_LINE = 4096  # longer board lines are noise
 
@@ -223,6 +230,11 @@ def whoami(config=None):
 def _peer_id(user):
     """How peers name a process on the board: user@host:pid."""
     return "%s@%s:%d" % (user, socket.gethostname(), os.getpid())
+
+
+def _process_of(peer_id):
+    """The process id of a peer id: a worker's slots are user@host:pid#N."""
+    return peer_id.split("#", 1)[0]
 
 
 # -- board --------------------------------------------------------------------
@@ -385,6 +397,7 @@ class _Member:
         self._closing = False
         self._joining = False
         self._backoff = _Backoff()
+        self.heard = {}  # peer process id -> when we last heard from it
         self.board = _Board(config, cluster.channel, self._on_message, self._on_drop)
 
     def join(self, timeout=JOIN_TIMEOUT):
@@ -454,6 +467,7 @@ class _Member:
         """Called once connected and welcomed (again after each reconnect)."""
 
     def _on_message(self, msg):
+        self.heard[_process_of(msg["id"])] = time.monotonic()
         if msg.get("to") == self.id and msg.kind == "welcome":
             self.intruders = msg["intruders"]
             self._welcome.set()
@@ -517,6 +531,8 @@ _MESSAGES = {
     "accept": {"id": str, "to": str, "task": str, "dh": str},
     "decline": {"id": str, "to": str, "task": str, "why": str},
     "result": {"id": str, "to": str, "task": str, "size": int},
+    "withdraw": {"id": str, "to": str, "task": str},
+    "alive": {"id": str},
     "bye": {"id": str},
 }
 
@@ -746,8 +762,11 @@ def _code(digest):
     return "%d-%s" % (nameplate, digest[4:16].hex())
 
 
-def _wormhole(config, words, cwd, timeout, answer=None):
-    """Run wormhole-william WORDS... in cwd: the one way to run it."""
+def _wormhole(config, words, cwd, timeout, answer=None, running=None):
+    """Run wormhole-william WORDS... in cwd: the one way to run it.
+
+    running, a list, holds the process while it runs, so others can kill it.
+    """
     binary = shutil.which(config.wormhole)
     if binary is None:
         raise P2PError(
@@ -758,13 +777,22 @@ def _wormhole(config, words, cwd, timeout, answer=None):
     argv = [binary] + list(words)
     if config.debug:
         log.debug("run: %s", shlex.join(argv))
+    process = subprocess.Popen(
+        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE if answer else subprocess.DEVNULL)
+    if running is not None:
+        running.append(process)
     try:
-        done = subprocess.run(argv, cwd=cwd, input=answer, capture_output=True,
-                              timeout=timeout, stdin=None if answer else subprocess.DEVNULL)
+        _, err = process.communicate(answer, timeout=timeout)
     except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
         raise TransferError("wormhole %s did not finish within %gs" % (words[0], timeout))
-    if done.returncode != 0:
-        said = done.stderr.decode(errors="replace").strip()[-300:]
+    finally:
+        if running is not None:
+            running.remove(process)
+    if process.returncode != 0:
+        said = err.decode(errors="replace").strip()[-300:]
         raise TransferError("wormhole %s failed: %s" % (words[0], said or "no message"))
 
 
@@ -778,10 +806,10 @@ def _send_file(config, code, path):
               os.path.dirname(path), _transfer_timeout(os.path.getsize(path)))
 
 
-def _receive_file(config, code, name, size, folder):
+def _receive_file(config, code, name, size, folder, running=None):
     """Receive the file ``name`` of ``size`` bytes into an empty folder; its path."""
     _wormhole(config, ["receive", "--hide-progress", code], folder,
-              _transfer_timeout(size), answer=b"y\n")
+              _transfer_timeout(size), answer=b"y\n", running=running)
     path = os.path.join(folder, name)
     if os.listdir(folder) != [name] or os.path.getsize(path) != size:
         raise TransferError("the peer sent %s, not the %d bytes of %s that were "
@@ -897,6 +925,11 @@ class _Slot:
     def __init__(self, peer_id):
         self.id = peer_id
         self.busy = False
+        self.client = None  # whose task runs here
+        self.task = None
+        self.since = 0.0
+        self.abandoned = False  # the client vanished: its task was stopped
+        self.transfers = []  # wormhole processes moving its task
         self.runner = _Runner()
 
 
@@ -940,6 +973,32 @@ class _Worker(_Member):
             self._announce()
         elif msg.kind == "assign" and msg["to"] in self.slots:
             self._assigned(self.slots[msg["to"]], msg)
+        elif msg.kind == "bye":
+            self._abandon(lambda slot: slot.client == msg["id"], "left")
+        elif msg.kind == "withdraw" and msg["to"] in self.slots:
+            self._abandon(lambda slot: slot.id == msg["to"] and slot.client == msg["id"]
+                          and slot.task == msg["task"], "withdrew")
+
+    def _abandon(self, whose, why):
+        """Stop the tasks of clients that are gone, and free their slots."""
+        with self._lock:
+            slots = [s for s in self.slots.values()
+                     if s.busy and not s.abandoned and whose(s)]
+            for slot in slots:
+                slot.abandoned = True
+        for slot in slots:
+            log.warning("%s %s: stopping its task", slot.client, why)
+            for transfer in list(slot.transfers):
+                transfer.kill()
+            slot.runner.stop()
+
+    def _watch(self):
+        """Say we are alive while busy; give up on clients that went silent."""
+        now = time.monotonic()
+        if any(slot.busy for slot in self.slots.values()):
+            self.board.send("alive", id=self.id)
+        self._abandon(lambda slot: now - max(slot.since, self.heard.get(
+            slot.client, 0.0)) > LOST_AFTER, "fell silent")
 
     def _assigned(self, slot, msg):
         with self._lock:
@@ -951,7 +1010,9 @@ class _Worker(_Member):
             elif msg["py"] not in ("", PY):
                 why = "this worker runs Python %s" % PY
             if why is None:
-                slot.busy = True
+                slot.busy, slot.abandoned = True, False
+                slot.client, slot.task = msg["id"], msg["task"]
+                slot.since = time.monotonic()
         if why is not None:
             self.board.send("decline", id=slot.id, to=msg["id"], task=msg["task"], why=why)
             return
@@ -975,14 +1036,18 @@ class _Worker(_Member):
             self.board.send("accept", id=slot.id, to=client, task=task, dh=share.public)
             try:
                 task_path = _receive_file(self.config, task_code, "task-%s.pkl" % task,
-                                          msg["size"], folder)
+                                          msg["size"], folder, slot.transfers)
             except TransferError as exc:
+                if slot.abandoned:
+                    return
                 # The receiver's word is final: the client tries again.
                 self.board.send("decline", id=slot.id, to=client, task=task,
                                 why="%s: %s" % (_LOST_TASK, exc))
                 raise
             result_path = os.path.join(folder, "result-%s.pkl" % task)
             slot.runner.run(task_path, result_path)
+            if slot.abandoned:
+                return
             size = os.path.getsize(result_path)
             self.board.send("result", id=slot.id, to=client, task=task, size=size)
             release()
@@ -1008,10 +1073,15 @@ class _Worker(_Member):
             self.join()
             log.info("worker %s on %s: %d slot(s), Python %s", self.id, self.cluster,
                      len(self.slots), PY)
-            while not self.stopped.wait(min(IDLE_EVERY, max(0.0, deadline - time.monotonic()))):
-                if time.monotonic() >= deadline:
+            announced = time.monotonic()
+            while not self.stopped.wait(min(ALIVE_EVERY, max(0.0, deadline - time.monotonic()))):
+                now = time.monotonic()
+                if now >= deadline:
                     break
-                self._announce()
+                self._watch()
+                if now - announced >= IDLE_EVERY:
+                    self._announce()
+                    announced = now
         finally:
             self.stop()
         if self._denied:
@@ -1073,8 +1143,10 @@ class _Task:
 class _Client(_Member):
     """The client side of an Executor: assigns tasks to idle workers."""
 
-    def __init__(self, config, cluster, user):
+    def __init__(self, config, cluster, user, retries=RETRIES):
         super().__init__(config, cluster, user, _peer_id(user))
+        self.retries = retries
+        self.alive_sent = 0.0
         self.scratch = tempfile.mkdtemp(prefix="p2p-client-")
         self.idle = set()  # worker slot ids, free as far as we know
         self.pythons = {}  # worker slot id -> its Python version, as announced
@@ -1105,7 +1177,8 @@ class _Client(_Member):
             elif msg.kind == "assign":  # another client took that worker
                 self.idle.discard(msg["to"])
             elif msg.kind == "bye":
-                self.idle -= {w for w in self.idle if w.startswith(msg["id"] + "#")}
+                self.idle -= {w for w in self.idle if _process_of(w) == msg["id"]}
+                self.heard[msg["id"]] = float("-inf")  # its tasks are lost now
             self.changed.notify_all()
 
     def _answer(self, msg):
@@ -1137,25 +1210,35 @@ class _Client(_Member):
         self.queue.appendleft(task)
         self.changed.notify_all()
 
-    def _retry(self, task, why, failed=True):
-        """Assign the task afresh (new worker, new codes); failed: a transfer failed."""
+    def _retry(self, task, why, failed=True, error=TransferError):
+        """Assign the task afresh (new worker, new codes), unless retries are used up.
+
+        failed: it counts as a failure (not a mere "busy"); error: the type
+        raised when the retries are used up.
+        """
         with self.changed:
             if self.tasks.get(task.id) is not task:
                 return
             if failed:
                 task.failures.append("%s: %s" % (task.worker, why))
-                log.info("task %s: %s; trying again", task.id, why)
-            if len(task.failures) < TRANSFER_TRIES:
+                log.warning("task %s on worker %s: %s; trying again", task.id,
+                            task.worker, why)
+            if len(task.failures) <= self.retries:
                 self._requeue(task)
                 return
-        self._finish(task, error=TransferError(
-            "task %s could not be moved after %d tries: %s"
+        self._finish(task, error=error(
+            "task %s failed %d time(s): %s"
             % (task.id, len(task.failures), "; ".join(task.failures))))
 
     def _dispatch(self):
         while not self._closing:
+            for task, why in self._check_workers():
+                self._retry(task, why, error=WorkerLost)
             with self.changed:
                 self._expire_assignments()
+                for task in [t for t in self.queue if t.future.cancelled()]:
+                    self.queue.remove(task)
+                    task.future.set_running_or_notify_cancel()  # wakes its waiters
                 pairs = []
                 for task in list(self.queue) if not self.intruders else []:
                     worker = next((w for w in self.idle
@@ -1178,6 +1261,26 @@ class _Client(_Member):
             for task in pairs:
                 self.board.send("assign", id=self.id, to=task.worker, task=task.id,
                                 dh=task.share.public, py=task.py, size=len(task.payload))
+
+    def _check_workers(self):
+        """Tasks whose worker fell silent or left; and say we are alive."""
+        now = time.monotonic()
+        with self.changed:
+            # Accepted, and no result announced yet (a transfer has its own timeout).
+            running = [t for t in self.tasks.values()
+                       if t.share is None and t.result_code is not None]
+        if running and now - self.alive_sent >= ALIVE_EVERY:
+            self.board.send("alive", id=self.id)
+            self.alive_sent = now
+        lost = []
+        for task in running:
+            last = self.heard.get(_process_of(task.worker), 0.0)
+            silent = now - max(task.assigned_at, last)
+            if last == float("-inf"):
+                lost.append((task, "left the board"))
+            elif silent > LOST_AFTER:
+                lost.append((task, "lost (silent for %.0fs)" % silent))
+        return lost
 
     def _expire_assignments(self):
         now = time.monotonic()
@@ -1238,9 +1341,26 @@ class _Client(_Member):
         else:
             task.future.set_result(value)
 
+    def withdraw(self):
+        """Cancel every queued task and withdraw the running ones from their workers."""
+        with self.changed:
+            cancelled = [t for t in self.queue if t.future.cancel()]
+            for task in cancelled:
+                self.queue.remove(task)
+            running, self.tasks = list(self.tasks.values()), {}
+            for task in list(self.queue):  # started before, waiting for a new worker
+                self.queue.remove(task)
+                running.append(task)
+        for task in running:
+            if task.worker is not None:
+                self.board.send("withdraw", id=self.id, to=task.worker, task=task.id)
+            self._finish(task, error=concurrent.futures.CancelledError(
+                "task %s was withdrawn" % task.id))
+
     def unfinished(self):
         with self.changed:
-            return [t.future for t in list(self.queue) + list(self.tasks.values())]
+            return [t.future for t in list(self.queue) + list(self.tasks.values())
+                    if not t.future.cancelled()]
 
     def close(self):
         """Leave the board; a future still unfinished fails rather than hangs."""
@@ -1263,15 +1383,19 @@ class Executor(concurrent.futures.Executor):
     """Runs calls on the workers of a p2p cluster (a concurrent.futures.Executor).
 
     cluster: "owner/name"; default P2P_CLUSTER, else your personal cluster.
+    retries: how often a task is assigned anew when its worker is lost or its
+    transfer fails (default P2P_RETRIES, else 2).
     Joining raises ClusterError within 15 s when the cluster is not hosted or
     you are not on its access list.
     """
 
-    def __init__(self, cluster=None, config=None):
+    def __init__(self, cluster=None, config=None, retries=None):
         self._config = config or Config()
         user = whoami(self._config)
         self.cluster = Cluster(cluster or _default_cluster(user))
-        self._client = _Client(self._config, self.cluster, user)
+        if retries is None:
+            retries = int(os.environ.get("P2P_RETRIES", RETRIES))
+        self._client = _Client(self._config, self.cluster, user, retries)
         self._shutdown = False
         try:
             self._client.start()
@@ -1304,10 +1428,8 @@ class Executor(concurrent.futures.Executor):
             if self._shutdown:
                 return
             self._shutdown = True
-            if cancel_futures:
-                for task in list(self._client.queue):
-                    if task.future.cancel():  # not yet running
-                        self._client.queue.remove(task)
+        if cancel_futures:
+            self._client.withdraw()
         unfinished = self._client.unfinished()
 
         def finish():
@@ -1318,6 +1440,13 @@ class Executor(concurrent.futures.Executor):
             finish()
         else:  # the tasks go on; the board is left when they are done
             threading.Thread(target=finish, daemon=True, name="p2p-shutdown").start()
+
+
+    def __exit__(self, kind, value, trace):
+        # Interrupted (Ctrl-C): stop the tasks on the workers, do not wait.
+        interrupted = kind is not None and issubclass(kind, KeyboardInterrupt)
+        self.shutdown(wait=True, cancel_futures=interrupted)
+        return False
 
 
 def _batched(iterable, size):
@@ -1340,8 +1469,15 @@ def _default_executor():
     with _default_lock:
         if _default is None:
             _default = Executor()
-            atexit.register(_default.shutdown)
+            atexit.register(_shutdown_default)
         return _default
+
+
+def _shutdown_default():
+    # At exit after an uncaught Ctrl-C, withdraw the script's tasks rather
+    # than wait for them (sys.last_type is the exception that ended it).
+    interrupted = getattr(sys, "last_type", None) is KeyboardInterrupt
+    _default.shutdown(wait=True, cancel_futures=interrupted)
 
 
 def submit(fn, /, *args, **kwargs):

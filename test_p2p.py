@@ -6,8 +6,10 @@ or a user's script, every board message goes through the real ssh client
 and sshd to the faithful pico board, every payload through wormhole-william.
 """
 
+import os
 import re
 import secrets
+import signal
 import sys
 import textwrap
 import time
@@ -42,6 +44,13 @@ def worker(stack, user, cluster=None, *args):
     working = p2p_command(stack, user, "worker", *([cluster] if cluster else []), *args)
     working.expect("worker %s@" % user, stream="stderr", timeout=30)
     return working
+
+
+def check_a_task_runs(stack, user, cluster):
+    """user's script gets a task done on cluster."""
+    answer = script(stack, user, "import p2p; print(p2p.submit(abs, -3).result(60))",
+                    env={"P2P_CLUSTER": cluster})
+    assert answer.stdout == "3\n", answer.stderr
 
 
 def script(stack, user, source, timeout=90, env=None):
@@ -530,3 +539,110 @@ def test_a_board_host_that_refuses_us_is_told_what_ssh_said(stack, tmp_path):
                     timeout=40)
     assert "cannot open the board of alice/anything" in answer.stderr
     assert "Host key verification failed" in answer.stderr
+
+
+# -- peers that vanish ---------------------------------------------------------------------------
+
+def doomed_worker(stack, user, cluster):
+    """A -v worker (it logs its wormhole commands), once it has joined."""
+    doomed = p2p_command(stack, user, "worker", cluster, "-v")
+    doomed.expect("worker %s@" % user, stream="stderr", timeout=30)
+    return doomed
+
+
+def test_a_worker_killed_mid_task_is_replaced(stack, name):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    doomed = doomed_worker(stack, "carol", cluster)
+    client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+        import os, time, p2p
+        print(p2p.submit(lambda: (time.sleep(2), os.environ["HOME"])[1]).result(120))
+    """)], env={"P2P_CLUSTER": cluster})
+    doomed.expect("wormhole-william receive", stream="stderr")  # it has the task
+    killed = time.monotonic()
+    os.killpg(doomed.process.pid, signal.SIGKILL)  # the worker and its runner
+    worker(stack, "diana", cluster)
+    assert client.wait(timeout=90) == 0, client.errors
+    assert time.monotonic() - killed < 45
+    assert client.output.decode().strip() == stack.env("diana")["HOME"]
+    assert re.search(r"on worker carol@\S+: lost \(silent for \d+s\); trying again",
+                     client.errors.decode())
+
+
+def test_when_retries_are_used_up_the_error_names_the_lost_workers(stack, name):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol")
+    doomed = doomed_worker(stack, "carol", cluster)
+    client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+        import time, p2p
+        try:
+            p2p.submit(time.sleep, 60).result(120)
+        except p2p.WorkerLost as exc:
+            print("lost:", exc)
+    """)], env={"P2P_CLUSTER": cluster, "P2P_RETRIES": "0"})
+    doomed.expect("wormhole-william receive", stream="stderr")
+    os.killpg(doomed.process.pid, signal.SIGKILL)
+    assert client.wait(timeout=90) == 0, client.errors
+    said = client.output.decode()
+    assert said.startswith("lost: task ")
+    assert re.search(r"failed 1 time\(s\): carol@\S+#1: lost \(silent for \d+s\)", said)
+
+
+def long_task_in_flight(stack, cluster):
+    """alice hosts; bob's script waits on a 10-minute task that carol's worker has."""
+    host(stack, cluster, "bob,carol,diana")
+    working = doomed_worker(stack, "carol", cluster)
+    client = stack.process("bob", [sys.executable, "-c",
+                                   "import time, p2p; p2p.submit(time.sleep, 600).result()"],
+                           env={"P2P_CLUSTER": cluster})
+    working.expect("wormhole-william receive", stream="stderr")
+    return working, client
+
+
+def test_a_vanished_clients_task_is_stopped_and_its_worker_freed(stack, name):
+    cluster = "alice/" + name
+    working, doomed = long_task_in_flight(stack, cluster)
+    os.killpg(doomed.process.pid, signal.SIGKILL)  # no goodbye: a lid closing
+    working.expect("fell silent: stopping its task", stream="stderr", timeout=40)
+    check_a_task_runs(stack, "diana", cluster)
+
+
+# -- cancel and interrupt ---------------------------------------------------------------------------
+
+def test_cancelling_a_queued_task_withdraws_it(stack):
+    answer = script(stack, "diana", """
+        import p2p
+        ex = p2p.Executor()          # no worker yet: the task waits in the queue
+        f = ex.submit(abs, -1)
+        print(f.cancel(), f.cancelled())
+        ex.shutdown()
+    """)
+    assert answer.stdout == "True True\n", answer.stderr
+
+
+def test_shutdown_with_cancel_futures_stops_running_tasks(stack, name):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    working = doomed_worker(stack, "carol", cluster)
+    client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+        import sys, time, p2p
+        ex = p2p.Executor()
+        f = ex.submit(time.sleep, 600)
+        sys.stdin.readline()         # the test says when the worker has it
+        ex.shutdown(cancel_futures=True)
+        print(repr(f.exception(timeout=5)))
+    """)], env={"P2P_CLUSTER": cluster})
+    working.expect("wormhole-william receive", stream="stderr")
+    client.send("go\n")
+    assert client.wait(timeout=30) == 0, client.errors
+    assert client.output.startswith(b"CancelledError('task ")
+    working.expect("withdrew: stopping its task", stream="stderr", timeout=5)
+    check_a_task_runs(stack, "diana", cluster)
+
+
+def test_ctrl_c_in_a_script_stops_its_tasks_on_the_workers(stack, name):
+    working, client = long_task_in_flight(stack, "alice/" + name)
+    client.process.send_signal(signal.SIGINT)
+    assert client.wait(timeout=30) != 0
+    assert b"KeyboardInterrupt" in client.errors
+    working.expect("withdrew: stopping its task", stream="stderr", timeout=5)
