@@ -1049,12 +1049,23 @@ class _Worker(_Member):
             if slot.abandoned:
                 return
             size = os.path.getsize(result_path)
-            self.board.send("result", id=slot.id, to=client, task=task, size=size)
             release()
-            try:
-                _send_file(self.config, result_code, result_path)
-            except TransferError as exc:  # the client's receive tells the truth
-                log.debug("sending the result of %s: %s", task, exc)
+            sent = threading.Event()
+
+            def send():
+                try:
+                    _send_file(self.config, result_code, result_path)
+                except TransferError as exc:  # the client's receive tells the truth
+                    log.debug("sending the result of %s: %s", task, exc)
+                finally:
+                    sent.set()
+
+            threading.Thread(target=send, daemon=True).start()
+            # Until the client takes it, say so again now and then: a line
+            # lost while its ssh link was down must not leave it waiting.
+            self.board.send("result", id=slot.id, to=client, task=task, size=size)
+            while not sent.wait(ALIVE_EVERY):
+                self.board.send("result", id=slot.id, to=client, task=task, size=size)
             self.done += 1
             log.info("task %s from %s: done in %.2fs", task, client,
                      time.monotonic() - started)
@@ -1107,6 +1118,10 @@ class _TaskFuture(concurrent.futures.Future):
     def result(self, timeout=None):
         try:
             return super().result(timeout)
+        except KeyboardInterrupt:
+            global _interrupted
+            _interrupted = True  # Ctrl-C while waiting: withdraw at exit
+            raise
         finally:
             self._replay_output()
 
@@ -1462,6 +1477,7 @@ def _batched(iterable, size):
 
 _default = None
 _default_lock = threading.Lock()
+_interrupted = False
 
 
 def _default_executor():
@@ -1476,7 +1492,7 @@ def _default_executor():
 def _shutdown_default():
     # At exit after an uncaught Ctrl-C, withdraw the script's tasks rather
     # than wait for them (sys.last_type is the exception that ended it).
-    interrupted = getattr(sys, "last_type", None) is KeyboardInterrupt
+    interrupted = _interrupted or getattr(sys, "last_type", None) is KeyboardInterrupt
     _default.shutdown(wait=True, cancel_futures=interrupted)
 
 

@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -17,7 +18,7 @@ import time
 import pytest
 
 import p2p
-from localstack import wait_until
+from localstack import processes_mentioning, wait_until
 from test_localstack import on_channel, parse_ls
 
 
@@ -588,13 +589,39 @@ def test_when_retries_are_used_up_the_error_names_the_lost_workers(stack, name):
     assert re.search(r"failed 1 time\(s\): carol@\S+#1: lost \(silent for \d+s\)", said)
 
 
+def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol")
+    working = doomed_worker(stack, "carol", cluster)
+    client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+        import time, p2p
+        print(p2p.submit(lambda: (time.sleep(4), 7)[1]).result(90))
+    """)], env={"P2P_CLUSTER": cluster})
+    working.expect("wormhole-william receive", stream="stderr")
+    link = [pid for pid in processes_mentioning(cluster + "/board")
+            if _parent(pid) == client.process.pid]
+    assert len(link) == 1
+    os.kill(link[0], signal.SIGKILL)  # the ssh to the board dies mid-task
+    assert client.wait(timeout=90) == 0, client.errors
+    assert client.output == b"7\n"
+    assert working.errors.decode().count(": done in") == 1  # run once, not twice
+
+
+def _parent(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
 def long_task_in_flight(stack, cluster):
     """alice hosts; bob's script waits on a 10-minute task that carol's worker has."""
     host(stack, cluster, "bob,carol,diana")
     working = doomed_worker(stack, "carol", cluster)
-    client = stack.process("bob", [sys.executable, "-c",
-                                   "import time, p2p; p2p.submit(time.sleep, 600).result()"],
-                           env={"P2P_CLUSTER": cluster})
+    # Should it hang, its threads' stacks go to stderr after 25 s.
+    client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+        import faulthandler, time, p2p
+        faulthandler.dump_traceback_later(25)
+        p2p.submit(time.sleep, 600).result()
+    """)], env={"P2P_CLUSTER": cluster})
     working.expect("wormhole-william receive", stream="stderr")
     return working, client
 
@@ -643,6 +670,9 @@ def test_shutdown_with_cancel_futures_stops_running_tasks(stack, name):
 def test_ctrl_c_in_a_script_stops_its_tasks_on_the_workers(stack, name):
     working, client = long_task_in_flight(stack, "alice/" + name)
     client.process.send_signal(signal.SIGINT)
-    assert client.wait(timeout=30) != 0
+    try:
+        assert client.wait(timeout=40) != 0
+    except subprocess.TimeoutExpired:
+        pytest.fail("the script did not end: %s" % client.errors.decode())
     assert b"KeyboardInterrupt" in client.errors
     working.expect("withdrew: stopping its task", stream="stderr", timeout=5)
