@@ -944,6 +944,7 @@ class _Worker(_Member):
         self.slots = {slot_id: _Slot(slot_id) for slot_id in ids}
         self.scratch = tempfile.mkdtemp(prefix="p2p-worker-")
         self.done = 0
+        self.seen = collections.deque(maxlen=10000)  # task ids assigned to us
         self.stopped = threading.Event()
         self._lock = threading.Lock()
 
@@ -972,6 +973,9 @@ class _Worker(_Member):
         if msg.kind == "hello" and msg["role"] == "client":
             self._announce()
         elif msg.kind == "assign" and msg["to"] in self.slots:
+            if msg["task"] in self.seen:
+                return  # a replayed line
+            self.seen.append(msg["task"])
             self._assigned(self.slots[msg["to"]], msg)
         elif msg.kind == "bye":
             self._abandon(lambda slot: slot.client == msg["id"], "left")
@@ -991,6 +995,9 @@ class _Worker(_Member):
             for transfer in list(slot.transfers):
                 transfer.kill()
             slot.runner.stop()
+            # Should the client still be there, it tries elsewhere, not waits.
+            self.board.send("decline", id=slot.id, to=slot.client, task=slot.task,
+                            why="stopped: the client %s" % why)
 
     def _watch(self):
         """Say we are alive while busy; give up on clients that went silent."""
@@ -1202,8 +1209,9 @@ class _Client(_Member):
             return  # not an answer from the worker this task was assigned to
         if msg.kind == "decline":
             # Off the board's reader: failing a future runs user callbacks.
-            threading.Thread(target=self._retry, daemon=True, args=(
-                task, msg["why"], msg["why"].startswith(_LOST_TASK))).start()
+            failed = msg["why"].startswith((_LOST_TASK, "stopped:"))
+            threading.Thread(target=self._retry, daemon=True,
+                             args=(task, msg["why"], failed)).start()
         elif msg.kind == "accept" and task.share is not None:
             share, task.share = task.share, None
             try:
@@ -1250,7 +1258,6 @@ class _Client(_Member):
             for task, why in self._check_workers():
                 self._retry(task, why, error=WorkerLost)
             with self.changed:
-                self._expire_assignments()
                 for task in [t for t in self.queue if t.future.cancelled()]:
                     self.queue.remove(task)
                     task.future.set_running_or_notify_cancel()  # wakes its waiters
@@ -1278,16 +1285,19 @@ class _Client(_Member):
                                 dh=task.share.public, py=task.py, size=len(task.payload))
 
     def _check_workers(self):
-        """Tasks whose worker fell silent or left; and say we are alive."""
+        """Tasks whose worker did not answer, fell silent or left; say we are alive."""
         now = time.monotonic()
         with self.changed:
+            unanswered = [t for t in self.tasks.values() if t.share is not None
+                          and now - t.assigned_at > ASSIGN_TIMEOUT]
             # Accepted, and no result announced yet (a transfer has its own timeout).
             running = [t for t in self.tasks.values()
                        if t.share is None and t.result_code is not None]
         if running and now - self.alive_sent >= ALIVE_EVERY:
             self.board.send("alive", id=self.id)
             self.alive_sent = now
-        lost = []
+        lost = [(task, "did not answer its assignment within %gs" % ASSIGN_TIMEOUT)
+                for task in unanswered]
         for task in running:
             last = self.heard.get(_process_of(task.worker), 0.0)
             silent = now - max(task.assigned_at, last)
@@ -1296,15 +1306,6 @@ class _Client(_Member):
             elif silent > LOST_AFTER:
                 lost.append((task, "lost (silent for %.0fs)" % silent))
         return lost
-
-    def _expire_assignments(self):
-        now = time.monotonic()
-        for task in list(self.tasks.values()):
-            if task.share is not None and now - task.assigned_at > ASSIGN_TIMEOUT:
-                log.info("worker %s did not answer for task %s; trying another",
-                         task.worker, task.id)
-                del self.tasks[task.id]
-                self._requeue(task)
 
     def _send_task(self, task, code):
         folder = tempfile.mkdtemp(dir=self.scratch)
