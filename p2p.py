@@ -888,8 +888,8 @@ class _Runner:
     def __init__(self):
         self.process = None
 
-    def run(self, task_path, result_path):
-        """Run a task; on a crash, write a TaskCrashed outcome instead."""
+    def start(self, task_path, result_path):
+        """Hand a task to the runner process (started if need be)."""
         if self.process is None or self.process.poll() is not None:
             # -c, not this file: the task's __main__ must be an empty module.
             path = [os.path.dirname(os.path.abspath(__file__))]
@@ -901,6 +901,12 @@ class _Runner:
         try:
             self.process.stdin.write("%s\t%s\n" % (task_path, result_path))
             self.process.stdin.flush()
+        except OSError:
+            pass  # finish() finds it dead
+
+    def finish(self, result_path):
+        """Wait for the task; on a crash, write a TaskCrashed outcome instead."""
+        try:
             answer = self.process.stdout.readline()
         except OSError:
             answer = ""
@@ -1052,7 +1058,11 @@ class _Worker(_Member):
                                 why="%s: %s" % (_LOST_TASK, exc))
                 raise
             result_path = os.path.join(folder, "result-%s.pkl" % task)
-            slot.runner.run(task_path, result_path)
+            with self._lock:  # so that _abandon stops what we start, or we start nothing
+                if slot.abandoned:
+                    return
+                slot.runner.start(task_path, result_path)
+            slot.runner.finish(result_path)
             if slot.abandoned:
                 return
             size = os.path.getsize(result_path)
