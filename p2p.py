@@ -2,14 +2,13 @@
 
     # alice opens a cluster:      python -m p2p host alice/p2p --users bob,carol
     # anyone on it adds compute:  python -m p2p worker alice/p2p
-    import p2p
+    import os, p2p
 
     with p2p.Executor("alice/p2p") as ex:        # a concurrent.futures.Executor
         print(ex.submit(pow, 2, 10).result())    # 1024, computed by a worker
         print(list(ex.map(lambda x: x * x, range(10))))
-    f = p2p.submit(os.getpid)                    # on P2P_CLUSTER, by default
-    print(f.result())                            # your personal cluster
-
+    f = p2p.submit(os.getpid)      # on P2P_CLUSTER, else your personal cluster
+    print(f.result())              # a worker's pid
 
 Peers meet on a pico.sh pipe (``ssh pipe.pico.sh pipe TOPIC``), a message
 board where each message is one short line. Tasks and results never go
