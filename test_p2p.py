@@ -47,11 +47,11 @@ def worker(stack, user, cluster=None, *args):
     return working
 
 
-def check_a_task_runs(stack, user, cluster):
-    """user's script gets a task done on cluster."""
-    answer = script(stack, user, "import p2p; print(p2p.submit(abs, -3).result(60))",
+def check_a_task_runs(stack, user, cluster, call="abs, -3", printed="3"):
+    """user's script prints p2p.submit(CALL).result() from cluster, as expected."""
+    answer = script(stack, user, "import p2p; print(p2p.submit(%s).result(60))" % call,
                     env={"P2P_CLUSTER": cluster})
-    assert answer.stdout == "3\n", answer.stderr
+    assert answer.stdout == printed + "\n", answer.stderr
 
 
 def script(stack, user, source, timeout=90, env=None):
@@ -319,9 +319,7 @@ def test_the_host_stores_the_list_again_after_a_member_leaves(stack, name):
                    stream="stderr")
     wait_until(lambda: parse_ls(stack.ls("alice")).get(channel, {}).get("access")
                == ["bob", "carol"], what="the list stored again")
-    answer = script(stack, "bob", "import p2p; print(p2p.submit(abs, -4).result(60))",
-                    env={"P2P_CLUSTER": cluster})
-    assert answer.stdout == "4\n", answer.stderr
+    check_a_task_runs(stack, "bob", cluster, 'abs, -4', '4')
 
 
 def test_peers_reconnect_when_the_board_throws_them_off(stack, name):
@@ -331,9 +329,7 @@ def test_peers_reconnect_when_the_board_throws_them_off(stack, name):
     first.process.kill()  # carol's worker is now the last pipe: thrown off
     working.expect("the board dropped our session; reconnecting", stream="stderr")
     host(stack, cluster, "bob,carol")
-    answer = script(stack, "bob", "import p2p; print(p2p.submit(divmod, 7, 2).result(60))",
-                    env={"P2P_CLUSTER": cluster})
-    assert answer.stdout == "(3, 1)\n", answer.stderr
+    check_a_task_runs(stack, "bob", cluster, 'divmod, 7, 2', '(3, 1)')
 
 
 def test_alices_own_worker_waits_for_her_host(stack, name):
@@ -344,9 +340,7 @@ def test_alices_own_worker_waits_for_her_host(stack, name):
     hosting = host(stack, cluster, "bob")
     early.expect("worker alice@", stream="stderr", timeout=30)
     assert parse_ls(stack.ls("alice"))[channel]["access"] == ["bob"]
-    answer = script(stack, "bob", "import p2p; print(p2p.submit(len, 'abc').result(60))",
-                    env={"P2P_CLUSTER": cluster})
-    assert answer.stdout == "3\n", answer.stderr
+    check_a_task_runs(stack, "bob", cluster, "len, 'abc'", '3')
     assert hosting.process.poll() is None
 
 
@@ -366,9 +360,7 @@ def test_mallorys_worker_is_refused_and_never_gets_a_task(stack, name):
     client = script(stack, "mallory", "import p2p; p2p.Executor(%r)" % cluster,
                     timeout=40)
     assert "ClusterError: mallory cannot reach cluster %s" % cluster in client.stderr
-    answer = script(stack, "bob", "import p2p; print(p2p.submit(max, 3, 9).result(60))",
-                    env={"P2P_CLUSTER": cluster})
-    assert answer.stdout == "9\n", answer.stderr
+    check_a_task_runs(stack, "bob", cluster, 'max, 3, 9', '9')
 
 
 def test_workers_pause_while_a_stranger_listens_on_the_board(stack, name):
@@ -551,18 +543,26 @@ def doomed_worker(stack, user, cluster):
     return doomed
 
 
-def test_a_worker_killed_mid_task_is_replaced(stack, name):
+def test_a_worker_killed_mid_task_is_replaced(stack, name, tmp_path):
     cluster = "alice/" + name
     host(stack, cluster, "bob,carol,diana")
     doomed = doomed_worker(stack, "carol", cluster)
+    go = tmp_path / "go"  # the task ends once the test has replaced its worker
     client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
         import os, time, p2p
-        print(p2p.submit(lambda: (time.sleep(2), os.environ["HOME"])[1]).result(120))
-    """)], env={"P2P_CLUSTER": cluster})
+
+        def home_when_told(path):
+            while not os.path.exists(path):
+                time.sleep(0.05)
+            return os.environ["HOME"]
+
+        print(p2p.submit(home_when_told, %r).result(120))
+    """ % str(go))], env={"P2P_CLUSTER": cluster})
     doomed.expect("wormhole-william receive", stream="stderr")  # it has the task
     killed = time.monotonic()
     os.killpg(doomed.process.pid, signal.SIGKILL)  # the worker and its runner
     worker(stack, "diana", cluster)
+    go.touch()
     assert client.wait(timeout=90) == 0, client.errors
     assert time.monotonic() - killed < 45
     assert client.output.decode().strip() == stack.env("diana")["HOME"]
@@ -592,19 +592,27 @@ def test_when_retries_are_used_up_the_error_names_the_lost_workers(stack, name):
                      r"did not answer its assignment)", said), said
 
 
-def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name):
+def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name, tmp_path):
     cluster = "alice/" + name
     host(stack, cluster, "bob,carol")
     working = doomed_worker(stack, "carol", cluster)
+    go = tmp_path / "go"  # the task ends only once the client's link is down
     client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
-        import time, p2p
-        print(p2p.submit(lambda: (time.sleep(4), 7)[1]).result(90))
-    """)], env={"P2P_CLUSTER": cluster})
+        import os, time, p2p
+
+        def seven_when_told(path):
+            while not os.path.exists(path):
+                time.sleep(0.05)
+            return 7
+
+        print(p2p.submit(seven_when_told, %r).result(90))
+    """ % str(go))], env={"P2P_CLUSTER": cluster})
     working.expect("wormhole-william receive", stream="stderr")
     link = [pid for pid in processes_mentioning(cluster + "/board")
             if _parent(pid) == client.process.pid]
     assert len(link) == 1
     os.kill(link[0], signal.SIGKILL)  # the ssh to the board dies mid-task
+    go.touch()
     assert client.wait(timeout=90) == 0, client.errors
     assert client.output == b"7\n"
     assert working.errors.decode().count(": done in") == 1  # run once, not twice
