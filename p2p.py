@@ -62,6 +62,11 @@ import traceback
 import types
 import warnings
 
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
 __version__ = "0.1.0"
 __all__ = [
     "Executor", "submit", "map", "whoami",
@@ -128,21 +133,29 @@ class Config:
                              ("-J somehost", "-F ~/.ssh/pico_config")
     wormhole  P2P_WORMHOLE   the wormhole-william binary (found on PATH)
     debug     P2P_DEBUG=1    log every ssh and wormhole command and message
+    trust     P2P_TRUST=1    load results as plain pickle, code and all: only
+                             for clusters whose members you all trust
     """
 
-    def __init__(self, host=None, ssh_args=None, wormhole=None, debug=None):
+    def __init__(self, host=None, ssh_args=None, wormhole=None, debug=None,
+                 trust=None):
         env = os.environ
         self.host = host or env.get("P2P_HOST") or "pipe.pico.sh"
         if ssh_args is None:
             ssh_args = env.get("P2P_SSH_ARGS", "")
         self.ssh_args = shlex.split(ssh_args) if isinstance(ssh_args, str) else list(ssh_args)
         self.wormhole = wormhole or env.get("P2P_WORMHOLE") or "wormhole-william"
-        self.debug = env.get("P2P_DEBUG", "") not in ("", "0") if debug is None else debug
+        self.debug = _flag("P2P_DEBUG") if debug is None else debug
+        self.trust = _flag("P2P_TRUST") if trust is None else trust
 
     @property
     def account_host(self):
         """Where ``ssh HOST user`` answers: pico.sh for pipe.pico.sh."""
         return self.host[len("pipe."):] if self.host.startswith("pipe.") else self.host
+
+
+def _flag(name):
+    return os.environ.get(name, "") not in ("", "0")
 
 
 class Cluster:
@@ -599,7 +612,7 @@ class _Pickler(pickle.Pickler):
             self.by_value = True
             return _reduce_class(obj)
         if isinstance(obj, types.ModuleType):
-            return importlib.import_module, (obj.__name__,)
+            return _import_module, (obj.__name__,)
         if isinstance(obj, (staticmethod, classmethod)):
             return type(obj), (obj.__func__,)
         if isinstance(obj, property):
@@ -707,6 +720,93 @@ def _fill_class(cls, attrs):
             setattr(cls, key, value)
 
 
+def _import_module(name):
+    return importlib.import_module(name)
+
+
+# Results are loaded by a pickle that names only harmless things: a worker
+# could otherwise send back a pickle that calls os.system on the client.
+# Whatever these modules hold can run commands or code, or write files.
+_UNSAFE_MODULES = frozenset("""
+    os posix nt subprocess _posixsubprocess sys builtins importlib pkgutil zipimport
+    runpy code codeop pickle _pickle marshal types shutil pty ctypes _ctypes
+    multiprocessing concurrent asyncio threading _thread signal socket _socket ssl
+    select selectors mmap resource fcntl io _io codecs tempfile fileinput glob
+    zipfile tarfile shelve dbm sqlite3 logging operator gc inspect pdb bdb trace
+    faulthandler timeit doctest unittest profile cProfile pydoc rlcompleter
+    webbrowser http urllib ftplib smtplib xmlrpc telnetlib platform sysconfig site
+    ensurepip venv distutils setuptools pip atexit
+""".split())
+_SAFE_NAMES = {("types", "SimpleNamespace"), ("types", "MappingProxyType")}
+# These builtins run code, reach any attribute or touch files.
+_UNSAFE_BUILTINS = frozenset("""
+    eval exec compile open getattr setattr delattr __import__ __build_class__
+    globals locals vars breakpoint input help exit quit
+""".split())
+
+
+class _Withheld:
+    """Stands for code that came back in a result and was not loaded."""
+
+    def __init__(self, what):
+        self.what = what
+
+    def __call__(self, *args, **kwargs):
+        raise P2PError("%s came back from a worker as code, which p2p.py does not "
+                       "load unless you trust the cluster: set P2P_TRUST=1 (or "
+                       "Config(trust=True)) if you trust all its members" % self.what)
+
+    def __repr__(self):
+        return "<%s, withheld>" % self.what
+
+
+class _ResultUnpickler(pickle.Unpickler):
+    """Loads a worker's result, naming only what the client already has.
+
+    Globals come only from modules already imported here: error classes from
+    any, nothing else from _UNSAFE_MODULES or p2p.py (but its rebuilders);
+    code sent by value (functions, modules) is withheld.
+    A filter against pickle exploits, not a sandbox: Config(trust=True)
+    loads everything.
+    """
+
+    _rebuilders = {
+        "_make_function": lambda py, code, name, ncells, namespace: _Withheld(
+            "the function %s" % name),
+        "_fill_function": lambda func, state: None,
+        "_import_module": lambda name: _Withheld("the module %s" % name),
+        "_make_class": _make_class, "_fill_class": _fill_class, "_EmptyCell": _EmptyCell,
+    }
+
+    def find_class(self, module, name):
+        if module == __name__ and name in self._rebuilders:
+            return self._rebuilders[name]
+        found = sys.modules.get(module)
+        for part in name.split("."):
+            found = getattr(found, part, None)
+        if isinstance(found, type) and issubclass(found, BaseException):
+            allowed = True  # an error class, from anywhere
+        elif module == "builtins":
+            allowed = name not in _UNSAFE_BUILTINS
+        else:
+            allowed = (module != __name__ and module.partition(".")[0] not in
+                       _UNSAFE_MODULES) or (module, name) in _SAFE_NAMES
+        if found is None or not allowed:
+            raise TransferError(
+                "it names %s.%s, which p2p.py does not load from a worker (%s); "
+                "set P2P_TRUST=1 if you trust every member of the cluster"
+                % (module, name, "not imported here" if allowed else "it could run "
+                   "commands on your machine"))
+        return found
+
+
+def _loads(data, trust=False):
+    """Load a pickle from a peer: fully if trusted, else as a result (see above)."""
+    if trust:
+        return pickle.loads(data)
+    return _ResultUnpickler(io.BytesIO(data)).load()
+
+
 def _describe_unpicklable(fn, args, kwargs):
     """Name the first piece of a task that cannot be pickled."""
     pieces = [("the function %r" % (fn,), fn)]
@@ -761,10 +861,11 @@ def _code(digest):
     return "%d-%s" % (nameplate, digest[4:16].hex())
 
 
-def _wormhole(config, words, cwd, timeout, answer=None, running=None):
+def _wormhole(config, words, cwd, timeout, answer=None, running=None, max_file=None):
     """Run wormhole-william WORDS... in cwd: the one way to run it.
 
-    running, a list, holds the process while it runs, so others can kill it.
+    running, a list, holds the process while it runs, so others can kill it;
+    max_file caps the size of the files it writes (where the OS lets us).
     """
     binary = shutil.which(config.wormhole)
     if binary is None:
@@ -781,6 +882,11 @@ def _wormhole(config, words, cwd, timeout, answer=None, running=None):
         stdin=subprocess.PIPE if answer else subprocess.DEVNULL)
     if running is not None:
         running.append(process)
+    if max_file is not None and hasattr(resource, "prlimit"):
+        try:  # before our answer, so before it writes anything
+            resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (max_file, max_file))
+        except OSError:
+            pass  # it has ended already: communicate() tells how
     try:
         _, err = process.communicate(answer, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -807,8 +913,14 @@ def _send_file(config, code, path):
 
 def _receive_file(config, code, name, size, folder, running=None):
     """Receive the file ``name`` of ``size`` bytes into an empty folder; its path."""
-    _wormhole(config, ["receive", "--hide-progress", code], folder,
-              _transfer_timeout(size), answer=b"y\n", running=running)
+    try:
+        _wormhole(config, ["receive", "--hide-progress", code], folder,
+                  _transfer_timeout(size), answer=b"y\n", running=running, max_file=size)
+    except TransferError as exc:
+        if "file too large" not in str(exc):
+            raise
+        raise TransferError("the peer sent more than the %d bytes announced for %s"
+                            % (size, name)) from None
     path = os.path.join(folder, name)
     if os.listdir(folder) != [name] or os.path.getsize(path) != size:
         raise TransferError("the peer sent %s, not the %d bytes of %s that were "
@@ -864,6 +976,25 @@ def _failure(error, traceback_text="", stdout="", stderr=""):
     """A pickled outcome for a task that failed outside its own code."""
     return _dumps({"error": error, "traceback": traceback_text, "stdout": stdout,
                    "stderr": stderr, "warnings": []})[0]
+
+
+def _checked_outcome(outcome):
+    """outcome, if it has the shape _run_task gives it; else TransferError."""
+    def shaped():
+        if not isinstance(outcome, dict) or ("value" in outcome) == ("error" in outcome):
+            return False
+        texts = [outcome.get("stdout"), outcome.get("stderr"), outcome.get("traceback", "")]
+        warned = outcome.get("warnings")
+        return (isinstance(outcome.get("error", Exception()), BaseException)
+                and all(isinstance(text, str) for text in texts)
+                and isinstance(warned, list)
+                and all(isinstance(w, tuple) and len(w) == 4 and isinstance(w[1], type)
+                        and issubclass(w[1], Warning) and isinstance(w[2], str)
+                        and isinstance(w[3], int) for w in warned))
+
+    if not shaped():
+        raise TransferError("it is not the outcome of a task")
+    return outcome
 
 
 def _serve_tasks():
@@ -1336,16 +1467,20 @@ class _Client(_Member):
             path = _receive_file(self.config, code, "result-%s.pkl" % task.id, size,
                                  folder)
             with open(path, "rb") as f:
-                outcome = pickle.load(f)
+                data = f.read()
         except TransferError as exc:
             self._retry(task, "the result did not arrive: %s" % exc)
             return
-        except Exception as exc:  # a broken payload fails its task, not the client
-            self._finish(task, error=exc if isinstance(exc, P2PError) else TransferError(
-                "the result of task %s could not be read: %s" % (task.id, exc)))
-            return
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        try:
+            outcome = _checked_outcome(_loads(data, self.config.trust))
+        except Exception as exc:  # a broken payload fails its task, not the client
+            why = "the result of task %s from %s was refused: %s" % (task.id, task.worker,
+                                                                   exc)
+            log.warning("%s", why)
+            self._finish(task, error=TransferError(why))
+            return
         task.future._replay = outcome
         if "error" in outcome:
             error = outcome["error"]

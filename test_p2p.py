@@ -7,6 +7,7 @@ and sshd to the faithful pico board, every payload through wormhole-william.
 """
 
 import os
+import pickle
 import re
 import secrets
 import signal
@@ -18,6 +19,7 @@ import time
 import pytest
 
 import p2p
+from shutil import rmtree as shutil_rmtree
 from localstack import processes_mentioning, wait_until
 from test_localstack import on_channel, parse_ls
 
@@ -523,6 +525,63 @@ def test_the_key_exchange_prime_is_a_safe_prime():
         alice.codes("AQ==", "t1")  # 1 is not a valid share
 
 
+class Exploit:
+    """Unpickles as call(*args): what a hostile worker sends back."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+def outcome(value):
+    return p2p._dumps({"value": value, "stdout": "", "stderr": "", "warnings": []})[0]
+
+
+def test_a_result_that_would_run_commands_is_refused(tmp_path):
+    import builtins
+
+    marker = tmp_path / "pwned"
+    touch = "open(%r, 'w')" % str(marker)
+    for call in [(os.system, "touch %s" % marker), (subprocess.Popen, ["touch", marker]),
+                 (eval, touch), (exec, touch), (builtins.__import__, "os"),
+                 (getattr, os, "system"), (pickle.loads, b"."), (shutil_rmtree, tmp_path),
+                 (open, marker, "w")]:
+        with pytest.raises(p2p.TransferError, match="does not load from a worker"):
+            p2p._loads(outcome(Exploit(*call)))
+    with pytest.raises(p2p.P2PError, match="came back from a worker as code"):
+        p2p._loads(outcome(Exploit(lambda: open(marker, "w"))))  # code by value
+    assert not marker.exists()
+    with pytest.raises(p2p.TransferError, match="not imported here"):
+        p2p._loads(b"\x80\x04\x95\x0f\x00\x00\x00\x00\x00\x00\x00\x8c\x07"
+                   b"nowhere\x94\x8c\x01x\x94\x93\x94.")
+    p2p._loads(outcome(Exploit(lambda: open(marker, "w"))), trust=True)
+    assert marker.exists()  # the switch: a trusted cluster's results load whole
+
+
+def test_results_may_hold_data_errors_and_the_clients_own_classes():
+    import collections, datetime, decimal, fractions, pathlib, types
+
+    values = [ZeroDivisionError("x"), p2p.TaskCrashed("y"), datetime.datetime(2026, 11, 27),
+              decimal.Decimal("1.5"), fractions.Fraction(1, 3), pathlib.Path("/tmp/x"),
+              types.SimpleNamespace(a=1), collections.OrderedDict(b=2), {1, 2}, range(3),
+              bytearray(b"ab"), complex(1, 2), Exploit(abs, -1)]
+    back = p2p._loads(outcome(values))["value"]
+    assert [repr(v) for v in back[:-1]] == [repr(v) for v in values[:-1]]
+    assert back[-1] == 1  # abs(-1), a harmless builtin
+    code = p2p._loads(outcome(lambda x: x + 1))["value"]
+    assert "withheld" in repr(code)
+    assert p2p._loads(outcome(lambda x: x + 1), trust=True)["value"](1) == 2
+
+
+def test_a_payload_that_is_not_an_outcome_is_refused():
+    for bad in [{"value": 1}, {"error": "not an exception", "stdout": "", "stderr": "",
+                               "warnings": []}, [1, 2], 7]:
+        with pytest.raises(p2p.TransferError, match="not the outcome of a task"):
+            p2p._checked_outcome(p2p._loads(pickle.dumps(bad)))
+
+
 def test_a_board_host_that_refuses_us_is_told_what_ssh_said(stack, tmp_path):
     config = tmp_path / "ssh_config"
     with open(stack.ssh_config("bob")) as f:  # pipe.pico.sh's host key: not accepted
@@ -717,6 +776,131 @@ def hostile_lines(rng, heard, victims):
         lambda: forged("idle", id="mallory@x:1#%d" % rng.randrange(9), py="2.7"),
     ]
     return rng.choice(makers)()
+
+
+class RawPeer:
+    """A member speaking p2p's protocol by hand on their own pipe: a peer gone bad."""
+
+    def __init__(self, stack, user, cluster, peer_id):
+        self.stack, self.user, self.id = stack, user, peer_id
+        self.pipe = stack.session(user, "pipe", cluster + "/board")
+        self.seen = 0  # board lines already looked at
+
+    def send(self, kind, **fields):
+        self.pipe.send(p2p._encode(kind, **fields))
+
+    def wait_for(self, kind, timeout=60, **fields):
+        """The next message of this kind (or kinds), with these fields, on the board."""
+        kinds = (kind,) if isinstance(kind, str) else kind
+
+        def arrived(output):
+            lines = output.split(b"\n")[:-1]
+            for line in lines[self.seen:]:
+                self.seen += 1
+                msg = p2p._decode(line)
+                if msg and msg.kind in kinds and all(msg.get(k) == v for k, v in fields.items()):
+                    return msg
+        return self.pipe.wait_for(arrived, timeout, what="a %s %s" % (kind, fields))
+
+    def receive(self, code, folder):
+        """Take a wormhole transfer into folder; what arrived."""
+        folder.mkdir()
+        self.stack.run(self.user, ["wormhole-william", "receive", "--hide-progress", code],
+                       input="y\n", cwd=folder, timeout=60)
+        return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+    def offer(self, code, path):
+        """Start sending path over wormhole; the process."""
+        return self.stack.spawn(self.user, ["wormhole-william", "send", "--hide-progress",
+                                            "--code", code, path.name], cwd=path.parent,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_payloads_from_a_worker_gone_bad_are_refused(stack, name, tmp_path):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    marker = tmp_path / "pwned"
+    client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+        import p2p
+        for n in range(5):
+            try:
+                print("ok", p2p.submit(abs, -n).result(90), flush=True)
+            except p2p.P2PError as exc:
+                print("%s: %s" % (type(exc).__name__, exc), flush=True)
+    """)], env={"P2P_CLUSTER": cluster, "P2P_RETRIES": "0"})
+    bad = RawPeer(stack, "carol", cluster, "carol@bad:1#1")
+    hello = bad.wait_for("hello", role="client", user="bob")
+    exploit = p2p._dumps({"value": Exploit(os.system, "touch %s" % marker), "stdout": "",
+                          "stderr": "", "warnings": []})[0]
+    cases = [  # (what is sent back, its name, the size announced)
+        (exploit, "result-{task}.pkl", len(exploit)),
+        (b"not a pickle at all", "result-{task}.pkl", 19),
+        (b"x" * 50000, "result-{task}.pkl", 100),
+        (exploit, "result-0123456789abcdef.pkl", len(exploit)),
+    ]
+    for n, (payload, pattern, size) in enumerate(cases):
+        bad.send("idle", id=bad.id, py=p2p.PY)
+        assign = bad.wait_for("assign", id=hello["id"], to=bad.id)
+        share = p2p._KeyShare()
+        task_code, result_code = share.codes(assign["dh"], assign["task"])
+        bad.send("accept", id=bad.id, to=assign["id"], task=assign["task"], dh=share.public)
+        assert list(bad.receive(task_code, tmp_path / ("in%d" % n))) == [
+            "task-%s.pkl" % assign["task"]]
+        result = tmp_path / ("out%d" % n) / pattern.format(task=assign["task"])
+        result.parent.mkdir()
+        result.write_bytes(payload)
+        sending = bad.offer(result_code, result)
+        bad.send("result", id=bad.id, to=assign["id"], task=assign["task"], size=size)
+        if n == len(cases) - 1:
+            bad.send("bye", id=p2p._process_of(bad.id))  # before the next task is out
+        client.wait_for(lambda out: out.count(b"\n") > n, 60, what="an answer")
+        sending.wait(60)
+        said = client.output.decode().splitlines()[n]
+        assert said.startswith("TransferError: ")
+    said = client.output.decode().splitlines()
+    assert "names posix.system, which p2p.py does not load" in said[0]
+    assert "refused: " in said[1]
+    assert "the peer sent more than the 100 bytes announced" in said[2]
+    assert "result-0123456789abcdef.pkl" in said[3] and "not the" in said[3]
+    assert not marker.exists()
+    worker(stack, "diana", cluster)  # the client carries on with an honest worker
+    assert client.wait(timeout=60) == 0, client.errors
+    assert client.output.decode().splitlines()[4] == "ok 4"
+    assert b"Traceback" not in client.errors
+
+
+def test_payloads_from_a_client_gone_bad_are_refused(stack, name, tmp_path):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    bad = RawPeer(stack, "bob", cluster, "bob@bad:1")
+    bad.send("hello", id=bad.id, role="client", user="bob", py=p2p.PY)
+    working = doomed_worker(stack, "carol", cluster)
+    slot = bad.wait_for("idle")["id"]
+    cases = [  # (what is sent as the task, its name, the size announced)
+        (b"x" * 50000, "task-{task}.pkl", 100),
+        (b"not a pickle at all", "task-{task}.pkl", 19),
+        (b"not a pickle at all", "task-0123456789abcdef.pkl", 19),
+    ]
+    answers = []
+    for n, (payload, pattern, size) in enumerate(cases):
+        task, share = "%016x" % n, p2p._KeyShare()
+        bad.send("assign", id=bad.id, to=slot, task=task, dh=share.public, py="", size=size)
+        accept = bad.wait_for("accept", to=bad.id, task=task)
+        task_code, result_code = share.codes(accept["dh"], task)
+        path = tmp_path / ("out%d" % n) / pattern.format(task=task)
+        path.parent.mkdir()
+        path.write_bytes(payload)
+        bad.offer(task_code, path).wait(60)
+        answers.append(bad.wait_for(("decline", "result"), to=bad.id, task=task))
+        if answers[-1].kind == "result":
+            got = bad.receive(result_code, tmp_path / ("in%d" % n))
+            answers[-1] = p2p._loads(got["result-%s.pkl" % task])["error"]
+    assert answers[0].kind == "decline"
+    assert "the peer sent more than the 100 bytes announced" in answers[0]["why"]
+    assert isinstance(answers[1], pickle.UnpicklingError)  # it failed as a task does
+    assert answers[2].kind == "decline" and "task-0123456789abcdef.pkl" in answers[2]["why"]
+    assert working.process.poll() is None and b"Traceback" not in working.errors
+    check_a_task_runs(stack, "diana", cluster)
 
 
 def test_hostile_board_lines_crash_no_one_and_fool_no_one(stack, name):

@@ -467,15 +467,24 @@ class Session:
         """Wait until ``data`` has arrived on the stream; fail after timeout."""
         if isinstance(data, str):
             data = data.encode()
+        self.wait_for(lambda got: data in got, timeout, stream, repr(data[:80]))
+
+    def wait_for(self, predicate, timeout=15.0, stream="stdout", what="what it waits for"):
+        """Wait until predicate(all the stream's bytes so far) is true; its value."""
+        found = []
+
+        def check():
+            found[:] = [predicate(bytes(self._streams[stream]))]
+            return found[0]
+
         with self._changed:
-            if not self._changed.wait_for(
-                lambda: data in self._streams[stream], timeout
-            ):
+            if not self._changed.wait_for(check, timeout):
                 raise AssertionError(
-                    "%s never got %r on %s within %gs; it got %r"
-                    % (self.user, data[:80], stream, timeout,
+                    "%s never got %s on %s within %gs; it got %r"
+                    % (self.user, what, stream, timeout,
                        bytes(self._streams[stream][-200:]))
                 )
+        return found[0]
 
     def close(self, timeout=15.0):
         """Close stdin and return the exit status of ssh."""
