@@ -40,6 +40,7 @@ import collections
 import concurrent.futures
 import dis
 import hashlib
+import hmac
 import importlib
 import io
 import itertools
@@ -135,10 +136,15 @@ class Config:
     debug     P2P_DEBUG=1    log every ssh and wormhole command and message
     trust     P2P_TRUST=1    load results as plain pickle, code and all: only
                              for clusters whose members you all trust
+    timeout   P2P_TIMEOUT    seconds a wormhole transfer may take (60), plus
+                             one per 2 MB; then it is tried again, new code
+    secret    P2P_SECRET     the cluster's secret, handed out by its owner: it
+              P2P_SECRET_FILE  (or a file holding it) signs every board line
+                             and goes into every wormhole code
     """
 
     def __init__(self, host=None, ssh_args=None, wormhole=None, debug=None,
-                 trust=None):
+                 trust=None, secret=None, secret_file=None, timeout=None):
         env = os.environ
         self.host = host or env.get("P2P_HOST") or "pipe.pico.sh"
         if ssh_args is None:
@@ -147,6 +153,13 @@ class Config:
         self.wormhole = wormhole or env.get("P2P_WORMHOLE") or "wormhole-william"
         self.debug = _flag("P2P_DEBUG") if debug is None else debug
         self.trust = _flag("P2P_TRUST") if trust is None else trust
+        self.timeout = _number("P2P_TIMEOUT", timeout, 60.0, float)
+        secret_file = secret_file or env.get("P2P_SECRET_FILE")
+        self.secret = secret or env.get("P2P_SECRET") or (
+            _read_secret(secret_file) if secret_file else None)
+        if self.secret is not None and len(self.secret) < 16:
+            raise P2PError("a cluster secret needs 16 characters or more: use the one "
+                           "`python -m p2p host ... --secret-file FILE` writes")
 
     @property
     def account_host(self):
@@ -156,6 +169,43 @@ class Config:
 
 def _flag(name):
     return os.environ.get(name, "") not in ("", "0")
+
+
+def _number(name, value, default, kind):
+    """value, else the environment variable name, else default, as a kind."""
+    text = os.environ.get(name, default) if value is None else value
+    try:
+        return kind(text)
+    except ValueError:
+        raise P2PError("%s must be a number, not %r" % (name, text)) from None
+
+
+def _read_secret(path):
+    try:
+        with open(os.path.expanduser(path)) as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise P2PError("cannot read the cluster secret from %s (%s): ask the cluster's "
+                       "owner for the file their host wrote" % (path, exc.strerror)) from None
+
+
+def _issue_secret(path):
+    """Write a new secret to path, readable by you only (never over an old one)."""
+    try:
+        fd = os.open(os.path.expanduser(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise P2PError("cannot write a new secret to %s: %s" % (path, exc.strerror)) from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+
+
+def _keys(secret, cluster):
+    """(board key, code salt) of a cluster: one signs lines, one goes into codes."""
+    if not secret:
+        return None, b""
+    root = hashlib.sha256(secret.encode()).digest()
+    return tuple(hmac.new(root, use + cluster.channel.encode(), "sha256").digest()
+                 for use in (b"board ", b"codes "))
 
 
 class Cluster:
@@ -259,10 +309,11 @@ class _Board:
     in the reader thread, which must not block.
     """
 
-    def __init__(self, config, channel, on_message, on_drop, access=None):
+    def __init__(self, config, channel, on_message, on_drop, access=None, key=None):
         self.config = config
         self.channel = channel
         self.access = access
+        self.key = key  # signs our lines and tells others' apart
         self.on_message = on_message
         self.on_drop = on_drop
         self._process = None
@@ -285,9 +336,9 @@ class _Board:
         threading.Thread(target=self._read_errors, args=(process, self._errors),
                          daemon=True, name="p2p-board-errors").start()
 
-    def send(self, kind, **fields):
+    def send(self, kind, signed=True, **fields):
         """Write one message; a message written while disconnected is lost."""
-        line = _encode(kind, **fields)
+        line = _encode(kind, self.key if signed else None, **fields)
         if self.config.debug:
             log.debug("send: %s", line.decode().rstrip())
         with self._lock:
@@ -331,7 +382,7 @@ class _Board:
             if len(pending) > MAX_LINE:
                 pending = b""
             for line in lines:
-                message = _decode(line)
+                message = _decode(line, self.key)
                 if self.config.debug:
                     log.debug("board: %s", line[:300].decode(errors="replace")
                               if message else "noise %r" % line[:80])
@@ -406,11 +457,21 @@ class _Member:
         self.intruders = []
         self._welcome = threading.Event()
         self._denied = None
+        self._hint = None  # an unsigned "denied": anyone may have said it
         self._closing = False
         self._joining = False
         self._backoff = _Backoff()
         self.heard = {}  # peer process id -> when we last heard from it
-        self.board = _Board(config, cluster.channel, self._on_message, self._on_drop)
+        # None while our own link is down: peers are not silent, we are deaf.
+        self.online_since = None
+        key, self.salt = _keys(config.secret, cluster)
+        self.board = _Board(config, cluster.channel, self._on_message, self._on_drop,
+                            key=key)
+
+    @property
+    def exposed(self):
+        """A non-member is on the board, and no secret keeps them from acting."""
+        return bool(self.intruders) and self.board.key is None
 
     def join(self, timeout=JOIN_TIMEOUT):
         """Connect and make sure we are on the cluster's channel, or raise."""
@@ -420,6 +481,7 @@ class _Member:
             while not self._closing:
                 if self._try_join():
                     self._backoff.connected()
+                    self.online_since = time.monotonic()
                     return
                 if self._denied:
                     raise ClusterError(self._denied)
@@ -464,6 +526,8 @@ class _Member:
         return bool(listed)
 
     def _unreachable(self):
+        if self._hint:
+            return "%s: %s (an unsigned answer)" % (self.cluster, self._hint)
         if self.cluster.personal:
             return ("%s is a personal cluster: only %s can use it (you are %s)"
                     % (self.cluster, self.cluster.owner, self.user))
@@ -479,6 +543,10 @@ class _Member:
         """Called once connected and welcomed (again after each reconnect)."""
 
     def _on_message(self, msg):
+        if not msg.authentic:
+            if msg.kind == "denied" and msg["to"] == self.id:
+                self._hint = msg["why"]
+            return
         self.heard[_process_of(msg["id"])] = time.monotonic()
         if msg.get("to") == self.id and msg.kind == "welcome":
             self.intruders = msg["intruders"]
@@ -487,7 +555,7 @@ class _Member:
             self._denied = "%s: %s" % (self.cluster, msg["why"])
             self._welcome.set()
             self._on_denied()
-        elif msg.kind == "intruders":
+        elif msg.kind == "intruders" and msg["users"] != self.intruders:
             self.intruders = msg["users"]
             self._on_intruders()
         else:
@@ -503,6 +571,7 @@ class _Member:
         """The host's list of non-members on the board changed."""
 
     def _on_drop(self):
+        self.online_since = None
         if self._closing or self._joining:
             return  # joining retries by itself
         log.info("the board dropped our session; reconnecting")
@@ -550,23 +619,36 @@ _MESSAGES = {
 
 
 class _Message(dict):
-    """A decoded board message: msg.kind, msg["field"]."""
+    """A decoded board message: msg.kind, msg["field"], msg.authentic."""
+
+    authentic = True  # signed with the cluster's key, or neither has one
 
     @property
     def kind(self):
         return self["k"]
 
 
-def _encode(kind, **fields):
+def _encode(kind, key=None, **fields):
+    """A board line; with a cluster key it ends with its signature."""
     fields["k"] = kind
-    return _PREFIX + json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+    line = _PREFIX + json.dumps(fields, separators=(",", ":")).encode()
+    if key is not None:
+        line += b" " + _signature(key, line)
+    return line + b"\n"
 
 
-def _decode(line):
+def _signature(key, line):
+    return hmac.new(key, line, "sha256").hexdigest()[:32].encode()
+
+
+def _decode(line, key=None):
     """The message on a board line, or None for anything malformed."""
     line = line.strip()
     if not line.startswith(_PREFIX) or len(line) > MAX_LINE:
         return None
+    signature = None
+    if not line.endswith(b"}"):
+        line, _, signature = line.rpartition(b" ")
     try:
         fields = json.loads(line[len(_PREFIX):])
     except ValueError:
@@ -576,7 +658,13 @@ def _decode(line):
     for name, kind in _MESSAGES[fields["k"]].items():
         if not isinstance(fields.get(name), kind) or isinstance(fields.get(name), bool):
             return None
-    return _Message(fields)
+    message = _Message(fields)
+    if key is None:
+        message.authentic = signature is None
+    else:
+        message.authentic = signature is not None and hmac.compare_digest(
+            signature, _signature(key, line))
+    return message
 
 
 # -- serialization ------------------------------------------------------------
@@ -843,8 +931,11 @@ class _KeyShare:
         public = pow(2, self._secret, _DH_PRIME)
         self.public = base64.b64encode(public.to_bytes(256, "big")).decode()
 
-    def codes(self, peer_public, task):
-        """(task code, result code) shared with the peer, or P2PError."""
+    def codes(self, peer_public, task, salt=b""):
+        """(task code, result code) shared with the peer, or P2PError.
+
+        salt, from the cluster's secret, keeps them from anyone without it.
+        """
         try:
             value = int.from_bytes(base64.b64decode(peer_public, validate=True), "big")
         except ValueError:
@@ -852,7 +943,7 @@ class _KeyShare:
         if not 1 < value < _DH_PRIME - 1:
             raise P2PError("a peer sent an invalid key share for task %s" % task)
         shared = pow(value, self._secret, _DH_PRIME).to_bytes(256, "big")
-        return tuple(_code(hashlib.sha256(shared + task.encode() + part).digest())
+        return tuple(_code(hmac.new(salt, shared + task.encode() + part, "sha256").digest())
                      for part in (b"task", b"result"))
 
 
@@ -877,45 +968,57 @@ def _wormhole(config, words, cwd, timeout, answer=None, running=None, max_file=N
     argv = [binary] + list(words)
     if config.debug:
         log.debug("run: %s", shlex.join(argv))
-    process = subprocess.Popen(
-        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        stdin=subprocess.PIPE if answer else subprocess.DEVNULL)
+    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE,
+                               stdin=subprocess.PIPE if answer else subprocess.DEVNULL)
     if running is not None:
         running.append(process)
-    if max_file is not None and hasattr(resource, "prlimit"):
-        try:  # before our answer, so before it writes anything
-            resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (max_file, max_file))
-        except OSError:
-            pass  # it has ended already: communicate() tells how
     try:
-        _, err = process.communicate(answer, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise TransferError("wormhole %s did not finish within %gs" % (words[0], timeout))
+        if max_file is not None and hasattr(resource, "prlimit"):
+            try:  # before our answer, so before it writes anything
+                resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (max_file, max_file))
+            except OSError:
+                pass  # it has ended already: its status tells how
+        if answer:
+            try:
+                process.stdin.write(answer)
+                process.stdin.close()
+            except OSError:
+                pass
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise TransferError("wormhole %s did not finish within %.0fs"
+                                % (words[0], timeout)) from None
+        # Only what is there now: a wrapper's children may hold the pipe open.
+        os.set_blocking(process.stderr.fileno(), False)
+        try:
+            said = os.read(process.stderr.fileno(), 65536)
+        except BlockingIOError:
+            said = b""
     finally:
+        process.stderr.close()
         if running is not None:
             running.remove(process)
     if process.returncode != 0:
-        said = err.decode(errors="replace").strip()[-300:]
+        said = said.decode(errors="replace").strip()[-300:]
         raise TransferError("wormhole %s failed: %s" % (words[0], said or "no message"))
 
 
-def _transfer_timeout(size):
-    return 60.0 + size / 2e6  # generous: 2 MB/s at the least
-
-
-def _send_file(config, code, path):
+def _send_file(config, code, path, running=None):
     _wormhole(config, ["send", "--hide-progress", "--code", code,
-                       os.path.basename(path)],
-              os.path.dirname(path), _transfer_timeout(os.path.getsize(path)))
+                       os.path.basename(path)], os.path.dirname(path),
+              config.timeout + os.path.getsize(path) / 2e6, running=running)
 
 
 def _receive_file(config, code, name, size, folder, running=None):
     """Receive the file ``name`` of ``size`` bytes into an empty folder; its path."""
     try:
         _wormhole(config, ["receive", "--hide-progress", code], folder,
-                  _transfer_timeout(size), answer=b"y\n", running=running, max_file=size)
+                  config.timeout + size / 2e6, answer=b"y\n", running=running,
+                  max_file=size)
     except TransferError as exc:
         if "file too large" not in str(exc):
             raise
@@ -1088,8 +1191,8 @@ class _Worker(_Member):
         self._announce()
 
     def _announce(self, only=None):
-        if self.intruders:
-            return  # take no task while a non-member is on the board
+        if self.exposed:
+            return  # take no task while a non-member could act on the board
         for slot in self.slots.values():
             if not slot.busy and (only is None or slot is only):
                 self.board.send("idle", id=slot.id, py=PY)
@@ -1099,9 +1202,12 @@ class _Worker(_Member):
         self.stopped.set()
 
     def _on_intruders(self):
-        if self.intruders:
+        if self.exposed:
             log.warning("not a member of %s on the board: %s; taking no task "
                         "until they are gone", self.cluster, ", ".join(self.intruders))
+        elif self.intruders:
+            log.warning("not a member of %s on the board: %s; the cluster's secret "
+                        "keeps them out", self.cluster, ", ".join(self.intruders))
         else:
             self._announce()
 
@@ -1137,10 +1243,12 @@ class _Worker(_Member):
 
     def _watch(self):
         """Say we are alive while busy; give up on clients that went silent."""
-        now = time.monotonic()
+        now, online_since = time.monotonic(), self.online_since
+        if online_since is None:
+            return
         if any(slot.busy for slot in self.slots.values()):
             self.board.send("alive", id=self.id)
-        self._abandon(lambda slot: now - max(slot.since, self.heard.get(
+        self._abandon(lambda slot: now - max(slot.since, online_since, self.heard.get(
             slot.client, 0.0)) > LOST_AFTER, "fell silent")
 
     def _assigned(self, slot, msg):
@@ -1148,7 +1256,7 @@ class _Worker(_Member):
             why = None
             if slot.busy:
                 why = "busy"
-            elif self.intruders:
+            elif self.exposed:
                 why = "a non-member is on the board"
             elif msg["py"] not in ("", PY):
                 why = "this worker runs Python %s" % PY
@@ -1175,7 +1283,7 @@ class _Worker(_Member):
                     slot.busy = False
 
         try:
-            task_code, result_code = share.codes(msg["dh"], task)
+            task_code, result_code = share.codes(msg["dh"], task, self.salt)
             self.board.send("accept", id=slot.id, to=client, task=task, dh=share.public)
             try:
                 task_path = _receive_file(self.config, task_code, "task-%s.pkl" % task,
@@ -1221,7 +1329,9 @@ class _Worker(_Member):
         except Exception:
             log.exception("task %s from %s: the worker failed", task, client)
         finally:
-            release()
+            if not released:  # no result line said that the slot is free
+                release()
+                self._announce(only=slot)
             shutil.rmtree(folder, ignore_errors=True)
 
     def serve(self, duration):
@@ -1299,7 +1409,13 @@ class _Task:
         self.assigned_at = 0.0
         self.result_code = None
         self.started = False  # the future was set running
+        self.transfers = []  # its wormhole processes, to stop when it moves on
         self.failures = []  # why earlier tries to move it failed
+        self.failed_on = set()  # the workers of those tries
+
+    def stop_transfers(self):
+        for transfer in list(self.transfers):
+            transfer.kill()
 
 
 class _Client(_Member):
@@ -1355,7 +1471,7 @@ class _Client(_Member):
         elif msg.kind == "accept" and task.share is not None:
             share, task.share = task.share, None
             try:
-                task_code, task.result_code = share.codes(msg["dh"], task.id)
+                task_code, task.result_code = share.codes(msg["dh"], task.id, self.salt)
             except P2PError as exc:
                 threading.Thread(target=self._finish, args=(task, None, exc),
                                  daemon=True).start()
@@ -1368,6 +1484,7 @@ class _Client(_Member):
                              daemon=True).start()
 
     def _requeue(self, task):
+        task.stop_transfers()  # a send to the worker we gave up on
         self.tasks.pop(task.id, None)
         task.worker, task.share, task.result_code = None, None, None
         self.queue.appendleft(task)
@@ -1384,6 +1501,7 @@ class _Client(_Member):
                 return
             if failed:
                 task.failures.append("%s: %s" % (task.worker, why))
+                task.failed_on.add(task.worker)
                 log.warning("task %s on worker %s: %s; trying again", task.id,
                             task.worker, why)
             if len(task.failures) <= self.retries:
@@ -1402,9 +1520,10 @@ class _Client(_Member):
                     self.queue.remove(task)
                     task.future.set_running_or_notify_cancel()  # wakes its waiters
                 pairs = []
-                for task in list(self.queue) if not self.intruders else []:
-                    worker = next((w for w in self.idle
-                                   if task.py in ("", self.pythons.get(w))), None)
+                for task in list(self.queue) if not self.exposed else []:
+                    # Workers it failed on come last.
+                    worker = min((w for w in self.idle if task.py in ("", self.pythons.get(w))),
+                                 key=lambda w: w in task.failed_on, default=None)
                     if worker is None:
                         continue  # no idle worker runs its Python; later ones may go
                     self.queue.remove(task)
@@ -1426,10 +1545,12 @@ class _Client(_Member):
 
     def _check_workers(self):
         """Tasks whose worker did not answer, fell silent or left; say we are alive."""
-        now = time.monotonic()
+        now, online_since = time.monotonic(), self.online_since
+        if online_since is None:
+            return []
         with self.changed:
             unanswered = [t for t in self.tasks.values() if t.share is not None
-                          and now - t.assigned_at > ASSIGN_TIMEOUT]
+                          and now - max(t.assigned_at, online_since) > ASSIGN_TIMEOUT]
             # Accepted, and no result announced yet (a transfer has its own timeout).
             running = [t for t in self.tasks.values()
                        if t.share is None and t.result_code is not None]
@@ -1440,7 +1561,7 @@ class _Client(_Member):
                 for task in unanswered]
         for task in running:
             last = self.heard.get(_process_of(task.worker), 0.0)
-            silent = now - max(task.assigned_at, last)
+            silent = now - max(task.assigned_at, online_since, last)
             if last == float("-inf"):
                 lost.append((task, "left the board"))
             elif silent > LOST_AFTER:
@@ -1453,7 +1574,7 @@ class _Client(_Member):
         try:
             with open(path, "wb") as f:
                 f.write(task.payload)
-            _send_file(self.config, code, path)
+            _send_file(self.config, code, path, task.transfers)
         except TransferError as exc:
             log.debug("sending task %s: %s (the worker's answer decides)", task.id, exc)
         except P2PError as exc:
@@ -1492,6 +1613,7 @@ class _Client(_Member):
             self._finish(task, value=outcome.get("value"))
 
     def _finish(self, task, value=None, error=None):
+        task.stop_transfers()
         with self.changed:
             self.tasks.pop(task.id, None)
         if task.future.done():
@@ -1553,8 +1675,7 @@ class Executor(concurrent.futures.Executor):
         self._config = config or Config()
         user = whoami(self._config)
         self.cluster = Cluster(cluster or _default_cluster(user))
-        if retries is None:
-            retries = int(os.environ.get("P2P_RETRIES", RETRIES))
+        retries = _number("P2P_RETRIES", retries, RETRIES, int)
         self._client = _Client(self._config, self.cluster, user, retries)
         self._shutdown = False
         try:
@@ -1677,15 +1798,12 @@ class _Host:
         self.stopped = threading.Event()
         self._rival = threading.Event()
         self._backoff = _Backoff()
+        key, _ = _keys(config.secret, cluster)
         self.board = _Board(config, cluster.channel, self._on_message, self._on_drop,
-                            access=self.members or [user])
+                            access=self.members or [user], key=key)
 
     def open(self):
-        listed, _ = _ls(self.config).get(self.cluster.channel, (None, []))
-        if listed:
-            raise P2PError("%s is already hosted (its access list, %s, is stored on "
-                           "the board): stop the other host first"
-                           % (self.cluster, ", ".join(listed)))
+        # A list already stored may be a dead host's: only a live one refuses us.
         self.board.connect()
         self.board.send("hello", id=self.id, role="host", user=self.user, py=PY)
         if self._rival.wait(ANSWER_TIMEOUT):
@@ -1695,6 +1813,14 @@ class _Host:
         log.info("hosting %s for %s", self.cluster, ", ".join(self.members) or "nobody")
 
     def _on_message(self, msg):
+        if not msg.authentic:
+            if msg.kind == "hello":  # unsigned, as the peer may lack our key
+                self.board.send("denied", signed=False, id=self.id, to=msg["id"], why=(
+                    "%s has a secret; ask %s for its file and set P2P_SECRET_FILE "
+                    "(yours, if you have one, is not it)" % (self.cluster, self.user)
+                    if self.board.key else "%s has no secret: unset P2P_SECRET and "
+                    "P2P_SECRET_FILE to join it" % self.cluster))
+            return
         if msg.kind == "hello" and msg["id"] != self.id:
             if msg["role"] == "host":
                 self.board.send("welcome", id=self.id, to=msg["id"], intruders=[])
@@ -1781,6 +1907,8 @@ def _parser():
     common.add_argument("--ssh-args", help="extra ssh arguments, e.g. '-J somehost' "
                         "(P2P_SSH_ARGS)")
     common.add_argument("--wormhole", help="the wormhole-william binary (P2P_WORMHOLE)")
+    common.add_argument("--secret-file", help="the file holding the cluster's secret "
+                        "(P2P_SECRET_FILE); a host writes a new one if it is missing")
     common.add_argument("-v", "--verbose", action="store_true",
                         help="log every ssh and wormhole command and board message "
                         "(P2P_DEBUG=1)")
@@ -1817,9 +1945,14 @@ def main(argv=None):
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s p2p: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
-    config = Config(args.host, args.ssh_args, args.wormhole, args.verbose or None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
+        issued = args.command == "host" and args.secret_file and not os.path.exists(
+            os.path.expanduser(args.secret_file))
+        if issued:
+            _issue_secret(args.secret_file)
+        config = Config(args.host, args.ssh_args, args.wormhole, args.verbose or None,
+                        secret_file=args.secret_file)
         user = whoami(config)
         if args.command == "user":
             print(user)
@@ -1827,6 +1960,10 @@ def main(argv=None):
             host = _Host(config, Cluster(args.cluster), user,
                          [u.strip() for u in args.users.split(",") if u.strip()])
             host.open()
+            if issued:
+                log.info("wrote a new secret for %s to %s: give that file to its members "
+                         "yourself (never on the board); they set P2P_SECRET_FILE to it",
+                         host.cluster, args.secret_file)
             try:
                 host.watch(args.duration)
             finally:

@@ -514,6 +514,23 @@ def test_board_lines_that_do_not_parse_are_noise():
         assert p2p._decode(line) is None
 
 
+def test_signed_lines_are_authentic_only_under_their_clusters_key():
+    key, salt = p2p._keys("a secret of sixteen+", p2p.Cluster("alice/p2p"))
+    other, _ = p2p._keys("a secret of sixteen+", p2p.Cluster("alice/other"))
+    line = p2p._encode("bye", key, id="bob@h:1").rstrip(b"\n")
+    assert p2p._decode(line, key).authentic
+    assert p2p._decode(line, key) == {"k": "bye", "id": "bob@h:1"}
+    assert not p2p._decode(line, other).authentic  # another cluster's
+    assert not p2p._decode(line).authentic  # to a peer without the secret
+    assert not p2p._decode(line.replace(b"bob", b"eve"), key).authentic
+    assert not p2p._decode(p2p._encode("bye", id="bob@h:1"), key).authentic
+    alice, bob = p2p._KeyShare(), p2p._KeyShare()
+    assert alice.codes(bob.public, "t", salt) == bob.codes(alice.public, "t", salt)
+    assert alice.codes(bob.public, "t", salt) != alice.codes(bob.public, "t")
+    with pytest.raises(p2p.P2PError, match="16 characters"):
+        p2p.Config(secret="short")
+
+
 def test_the_key_exchange_prime_is_a_safe_prime():
     prime = p2p._DH_PRIME
     for n in (prime, (prime - 1) // 2):
@@ -651,12 +668,9 @@ def test_when_retries_are_used_up_the_error_names_the_lost_workers(stack, name):
                      r"did not answer its assignment)", said), said
 
 
-def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name, tmp_path):
-    cluster = "alice/" + name
-    host(stack, cluster, "bob,carol")
-    working = doomed_worker(stack, "carol", cluster)
-    go = tmp_path / "go"  # the task ends only once the client's link is down
-    client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+def seven_when_told(stack, user, cluster, go, retries=2):
+    """user's script waits on a task that returns 7 once the file go exists."""
+    return stack.process(user, [sys.executable, "-c", textwrap.dedent("""
         import os, time, p2p
 
         def seven_when_told(path):
@@ -664,8 +678,16 @@ def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name, tmp_
                 time.sleep(0.05)
             return 7
 
-        print(p2p.submit(seven_when_told, %r).result(90))
-    """ % str(go))], env={"P2P_CLUSTER": cluster})
+        print(p2p.submit(seven_when_told, %r).result(120))
+    """ % str(go))], env={"P2P_CLUSTER": cluster, "P2P_RETRIES": str(retries)})
+
+
+def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name, tmp_path):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol")
+    working = doomed_worker(stack, "carol", cluster)
+    go = tmp_path / "go"  # the task ends only once the client's link is down
+    client = seven_when_told(stack, "bob", cluster, go)
     working.expect("wormhole-william receive", stream="stderr")
     link = [pid for pid in processes_mentioning(cluster + "/board")
             if _parent(pid) == client.process.pid]
@@ -675,6 +697,42 @@ def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name, tmp_
     assert client.wait(timeout=90) == 0, client.errors
     assert client.output == b"7\n"
     assert working.errors.decode().count(": done in") == 1  # run once, not twice
+
+
+def test_a_restarted_host_takes_its_cluster_back(stack, name, tmp_path):
+    cluster = "alice/" + name
+    hosting = host(stack, cluster, "bob,carol,diana")
+    working = doomed_worker(stack, "carol", cluster)
+    go = tmp_path / "go"
+    client = seven_when_told(stack, "bob", cluster, go)
+    working.expect("wormhole-william receive", stream="stderr")
+    os.killpg(hosting.process.pid, signal.SIGKILL)  # its list stays stored
+    host(stack, cluster, "bob,carol,diana")
+    go.touch()
+    assert client.wait(timeout=90) == 0, client.errors
+    assert client.output == b"7\n"
+    check_a_task_runs(stack, "diana", cluster)  # a newcomer is welcomed
+    assert working.errors.decode().count(": done in") == 2
+
+
+def test_peers_carry_on_when_the_board_server_restarts(stack, name, tmp_path):
+    cluster = "alice/" + name
+    hosting = host(stack, cluster, "bob,carol,diana")
+    working = doomed_worker(stack, "carol", cluster)
+    go = tmp_path / "go"
+    client = seven_when_told(stack, "bob", cluster, go)
+    working.expect("wormhole-william receive", stream="stderr")
+    stack.restart_board()  # every session drops; the board forgets every list
+    hosting.expect("the board dropped the host's session", stream="stderr")
+    working.expect("the board dropped our session", stream="stderr")
+    on_channel(stack, "alice", cluster + "/board", "alice", "bob", "carol")
+    assert parse_ls(stack.ls("alice"))[cluster + "/board"]["access"] == [
+        "bob", "carol", "diana"]
+    go.touch()
+    assert client.wait(timeout=90) == 0, client.errors
+    assert client.output == b"7\n"
+    assert working.errors.decode().count(": done in") == 1  # run once, not twice
+    check_a_task_runs(stack, "diana", cluster)
 
 
 def _parent(pid):
@@ -702,6 +760,77 @@ def test_a_vanished_clients_task_is_stopped_and_its_worker_freed(stack, name):
     os.killpg(doomed.process.pid, signal.SIGKILL)  # no goodbye: a lid closing
     working.expect("fell silent: stopping its task", stream="stderr", timeout=40)
     check_a_task_runs(stack, "diana", cluster)
+
+
+def test_a_stalled_transfer_is_tried_again_with_a_new_code_then_reported(stack, name):
+    import socket
+
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    with socket.socket() as black_hole:  # a proxy that swallows the websocket
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(16)
+        stalled = p2p_command(stack, "carol", "worker", cluster, env={
+            "WORMHOLE_RELAY_URL": "ws://127.0.0.1:%d/v1" % black_hole.getsockname()[1],
+            "P2P_TIMEOUT": "3"})
+        stalled.expect("worker carol@", stream="stderr", timeout=30)
+        reported = script(stack, "bob", """
+            import p2p
+            try:
+                p2p.submit(abs, -1).result(60)
+            except p2p.TransferError as exc:
+                print(exc)
+        """, env={"P2P_CLUSTER": cluster, "P2P_RETRIES": "0"})
+        assert re.match(r"task \w+ failed 1 time\(s\): carol@\S+: the task did not arrive: "
+                        r"wormhole receive did not finish within 3s", reported.stdout), \
+            reported.stdout + reported.stderr
+        client = seven_when_told(stack, "bob", cluster, "/", retries=5)  # no wait
+        stalled.wait_for(lambda said: said.count(b"did not finish within 3s") >= 2, 30,
+                         stream="stderr", what="the second stall")
+        worker(stack, "diana", cluster)
+        assert client.wait(timeout=60) == 0, client.errors
+        assert client.output == b"7\n"
+        assert b"did not finish within 3s; trying again" in client.errors
+
+
+SQUATTER = """#!%(python)s
+import os, subprocess, sys, threading
+# Someone else's transfer takes the nameplate of the first code received.
+argv = ["wormhole-william"] + sys.argv[1:]
+squatter = None
+if argv[1] == "receive" and not os.path.exists(%(flag)r):
+    open(%(flag)r, "x").close()
+    squatter = subprocess.Popen(["wormhole-william", "send", "--code",
+                                 argv[-1].split("-")[0] + "-someone-elses", "/etc/hostname"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in squatter.stdout:
+        if "Wormhole code is" in line:  # it holds the nameplate now
+            break
+    threading.Thread(target=squatter.stdout.read, daemon=True).start()
+status = subprocess.run(argv).returncode
+if squatter:
+    squatter.kill()
+sys.exit(status)
+"""
+
+
+def test_a_nameplate_someone_else_holds_is_tried_again_with_a_new_code(stack, name, tmp_path):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol")
+    squatted = tmp_path / "squatted"
+    wrapper = tmp_path / "wormhole"
+    wrapper.write_text(SQUATTER % {"python": sys.executable, "flag": str(squatted)})
+    wrapper.chmod(0o755)
+    squatting = p2p_command(stack, "carol", "worker", cluster, env={
+        "P2P_WORMHOLE": str(wrapper), "P2P_TIMEOUT": "5"})
+    squatting.expect("worker carol@", stream="stderr", timeout=30)
+    client = seven_when_told(stack, "bob", cluster, "/")  # "/" exists: no wait
+    assert client.wait(timeout=60) == 0, client.errors
+    assert client.output == b"7\n"
+    assert squatted.exists()
+    # The mailbox pairs the squatter with one of the two; the other one waits.
+    assert re.search(rb"the task did not arrive: wormhole receive (failed: .+|did not "
+                     rb"finish within 5s); trying again", client.errors), client.errors
 
 
 # -- cancel and interrupt ---------------------------------------------------------------------------
@@ -901,6 +1030,55 @@ def test_payloads_from_a_client_gone_bad_are_refused(stack, name, tmp_path):
     assert answers[2].kind == "decline" and "task-0123456789abcdef.pkl" in answers[2]["why"]
     assert working.process.poll() is None and b"Traceback" not in working.errors
     check_a_task_runs(stack, "diana", cluster)
+
+
+def test_with_a_secret_a_stranger_on_the_board_can_do_nothing(stack, name, tmp_path):
+    cluster = "alice/" + name
+    secret = tmp_path / "alice.secret"  # the host writes it; alice hands it out herself
+    hosting = p2p_command(stack, "alice", "host", cluster, "--users", "bob,carol,diana",
+                          "--secret-file", str(secret))
+    hosting.expect("wrote a new secret for %s" % cluster, stream="stderr", timeout=30)
+    assert secret.stat().st_mode & 0o777 == 0o600
+    keyed = {"P2P_SECRET_FILE": str(secret), "P2P_CLUSTER": cluster}
+    wrong = stack.process("diana", [sys.executable, "-c", "import p2p; p2p.Executor()"],
+                          env={"P2P_SECRET": "not-the-secret-at-all", "P2P_CLUSTER": cluster})
+    working = p2p_command(stack, "carol", "worker", "-v", env=keyed)
+    working.expect("worker carol@", stream="stderr", timeout=30)
+    mallory = RawPeer(stack, "mallory", cluster, "mallory@x:1#1")  # bug A lets her in
+    hosting.expect("not members, on the board of %s: mallory" % cluster, stream="stderr")
+    working.expect("the cluster's secret keeps them out", stream="stderr")
+    client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+        import p2p
+        with p2p.Executor() as ex:
+            print(list(ex.map(lambda x: -x, range(8), timeout=120)))
+    """)], env=keyed)
+    forger = p2p._keys("not-the-secret-at-all", p2p.Cluster(cluster))[0]
+    slot = mallory.wait_for("idle")["id"]
+    while client.process.poll() is None:
+        for key in (None, forger):  # unsigned, and signed with a key of her own
+            lines = [p2p._encode("idle", key, id=mallory.id, py=p2p.PY),
+                     p2p._encode("assign", key, id=mallory.id, to=slot, task=secrets.token_hex(8),
+                                 dh=p2p._KeyShare().public, py="", size=100)]
+            for line in mallory.pipe.output.split(b"\n"):
+                seen = p2p._decode(line)
+                if seen and seen.kind == "assign":  # a result for bob, from "carol"
+                    lines.append(p2p._encode("result", key, id=seen["to"], to=seen["id"],
+                                             task=seen["task"], size=10))
+            mallory.pipe.send(b"".join(lines))
+        try:
+            client.process.wait(timeout=0.5)  # paces her lines while bob works
+        except subprocess.TimeoutExpired:
+            pass
+    assert client.wait(timeout=30) == 0, client.errors
+    assert client.output == b"%s\n" % str([-x for x in range(8)]).encode()
+    assert b'"to":"mallory' not in mallory.pipe.output  # no task, no accept for her
+    done = [line for line in working.errors.decode().split("\n") if ": done in" in line]
+    assert len(done) == 8 and all(" from bob@" in line for line in done)
+    stranger = script(stack, "bob", "import p2p; p2p.Executor()",  # the secret is needed
+                      env={"P2P_CLUSTER": cluster})
+    assert "%s has a secret; ask alice for its file" % cluster in stranger.stderr
+    assert wrong.wait(timeout=30) == 1
+    assert b"(an unsigned answer)" in wrong.errors and b"is not it" in wrong.errors
 
 
 def test_hostile_board_lines_crash_no_one_and_fool_no_one(stack, name):

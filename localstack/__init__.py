@@ -230,14 +230,28 @@ class Stack:
         # sshd needs its privilege separation directory; the namespace's /run
         # is a private tmpfs, so this touches nothing on the machine.
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        self._run_board()
+
+    def _run_board(self):
         board = [sys.executable, "-u", os.path.join(HERE, "picoboard.py"), "serve",
                  "--socket", self.board_socket, "--pipe-port", str(self.pipe_port),
                  "--pico-port", str(self.pico_port)]
         self._start("picoboard", board + (["--fixed"] if self.fixed else []),
                     "board ready")
         # One "listening" line per port; the last one means both are bound.
-        self._start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", config],
+        self._start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f",
+                             os.path.join(self.root, "sshd_config")],
                     "port %d" % self.pico_port)
+
+    def restart_board(self):
+        """Restart pico.sh: every session drops, channels and lists are forgotten."""
+        for service in [s for s in self.services if s.name in ("picoboard", "sshd")]:
+            service.stop()
+            self.services.remove(service)
+        kill_and_wait(processes_mentioning(self.board_socket))  # session relays
+        if os.path.exists(self.board_socket):
+            os.unlink(self.board_socket)
+        self._run_board()
 
     def _start_wormhole(self):
         mailbox_port = free_port()
