@@ -823,7 +823,8 @@ _UNSAFE_MODULES = frozenset("""
     zipfile tarfile shelve dbm sqlite3 logging operator gc inspect pdb bdb trace
     faulthandler timeit doctest unittest profile cProfile pydoc rlcompleter
     webbrowser http urllib ftplib smtplib xmlrpc telnetlib platform sysconfig site
-    ensurepip venv distutils setuptools pip atexit
+    ensurepip venv distutils setuptools pip atexit gzip bz2 lzma wave aifc sunau
+    mailbox zipapp
 """.split())
 _SAFE_NAMES = {("types", "SimpleNamespace"), ("types", "MappingProxyType")}
 # These builtins run code, reach any attribute or touch files.
@@ -872,13 +873,18 @@ class _ResultUnpickler(pickle.Unpickler):
         found = sys.modules.get(module)
         for part in name.split("."):
             found = getattr(found, part, None)
+        home = getattr(found, "__module__", None) or module
         if isinstance(found, type) and issubclass(found, BaseException):
             allowed = True  # an error class, from anywhere
-        elif module == "builtins":
-            allowed = name not in _UNSAFE_BUILTINS
+        elif isinstance(found, types.ModuleType) or ("." in name and
+                                                     not isinstance(found, type)):
+            allowed = False  # a module, a method (Path.write_text), another module's name
+        elif "builtins" in (module, home):  # also eval re-exported elsewhere
+            allowed = getattr(found, "__name__", name) not in _UNSAFE_BUILTINS
         else:
-            allowed = (module != __name__ and module.partition(".")[0] not in
-                       _UNSAFE_MODULES) or (module, name) in _SAFE_NAMES
+            packages = {module.partition(".")[0], home.partition(".")[0]}
+            allowed = (module, name) in _SAFE_NAMES or not (
+                __name__ in (module, home) or packages & _UNSAFE_MODULES)
         if found is None or not allowed:
             raise TransferError(
                 "it names %s.%s, which p2p.py does not load from a worker (%s); "
@@ -1551,9 +1557,9 @@ class _Client(_Member):
         with self.changed:
             unanswered = [t for t in self.tasks.values() if t.share is not None
                           and now - max(t.assigned_at, online_since) > ASSIGN_TIMEOUT]
-            # Accepted, and no result announced yet (a transfer has its own timeout).
-            running = [t for t in self.tasks.values()
-                       if t.share is None and t.result_code is not None]
+            # Accepted: running, or sending its result back (a worker that
+            # dies mid-send must not leave the receive waiting for its timeout).
+            running = [t for t in self.tasks.values() if t.share is None]
         if running and now - self.alive_sent >= ALIVE_EVERY:
             self.board.send("alive", id=self.id)
             self.alive_sent = now
@@ -1586,7 +1592,7 @@ class _Client(_Member):
         folder = tempfile.mkdtemp(dir=self.scratch)
         try:
             path = _receive_file(self.config, code, "result-%s.pkl" % task.id, size,
-                                 folder)
+                                 folder, task.transfers)
             with open(path, "rb") as f:
                 data = f.read()
         except TransferError as exc:
@@ -1665,6 +1671,8 @@ class Executor(concurrent.futures.Executor):
     """Runs calls on the workers of a p2p cluster (a concurrent.futures.Executor).
 
     cluster: "owner/name"; default P2P_CLUSTER, else your personal cluster.
+    config: a Config (the board's host, ssh arguments, the cluster's secret,
+    whether to trust results, ...); default: from the environment.
     retries: how often a task is assigned anew when its worker is lost or its
     transfer fails (default P2P_RETRIES, else 2).
     Joining raises ClusterError within 15 s when the cluster is not hosted or

@@ -558,15 +558,22 @@ def outcome(value):
 
 def test_a_result_that_would_run_commands_is_refused(tmp_path):
     import builtins
+    import pathlib
 
     marker = tmp_path / "pwned"
     touch = "open(%r, 'w')" % str(marker)
     for call in [(os.system, "touch %s" % marker), (subprocess.Popen, ["touch", marker]),
                  (eval, touch), (exec, touch), (builtins.__import__, "os"),
                  (getattr, os, "system"), (pickle.loads, b"."), (shutil_rmtree, tmp_path),
-                 (open, marker, "w")]:
+                 (open, marker, "w"), (pathlib.Path.write_text, marker, "x")]:
         with pytest.raises(p2p.TransferError, match="does not load from a worker"):
             p2p._loads(outcome(Exploit(*call)))
+    for module, name in [("pathlib", "os.system"), ("builtins", "object.__subclasses__"),
+                         ("pathlib", "Path.write_text"), ("json", "decoder")]:
+        smuggled = b"\x80\x04\x8c%c%s\x8c%c%s\x93." % (len(module), module.encode(),
+                                                        len(name), name.encode())
+        with pytest.raises(p2p.TransferError, match="does not load from a worker"):
+            p2p._loads(smuggled)
     with pytest.raises(p2p.P2PError, match="came back from a worker as code"):
         p2p._loads(outcome(Exploit(lambda: open(marker, "w"))))  # code by value
     assert not marker.exists()
@@ -682,13 +689,19 @@ def seven_when_told(stack, user, cluster, go, retries=2):
     """ % str(go))], env={"P2P_CLUSTER": cluster, "P2P_RETRIES": str(retries)})
 
 
-def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name, tmp_path):
-    cluster = "alice/" + name
-    host(stack, cluster, "bob,carol")
+def seven_in_flight(stack, cluster, go):
+    """alice hosts; carol's worker has bob's task, which ends when go exists."""
+    hosting = host(stack, cluster, "bob,carol,diana")
     working = doomed_worker(stack, "carol", cluster)
-    go = tmp_path / "go"  # the task ends only once the client's link is down
     client = seven_when_told(stack, "bob", cluster, go)
     working.expect("wormhole-william receive", stream="stderr")
+    return hosting, working, client
+
+
+def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name, tmp_path):
+    cluster = "alice/" + name
+    go = tmp_path / "go"  # the task ends only once the client's link is down
+    _, working, client = seven_in_flight(stack, cluster, go)
     link = [pid for pid in processes_mentioning(cluster + "/board")
             if _parent(pid) == client.process.pid]
     assert len(link) == 1
@@ -701,11 +714,8 @@ def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name, tmp_
 
 def test_a_restarted_host_takes_its_cluster_back(stack, name, tmp_path):
     cluster = "alice/" + name
-    hosting = host(stack, cluster, "bob,carol,diana")
-    working = doomed_worker(stack, "carol", cluster)
     go = tmp_path / "go"
-    client = seven_when_told(stack, "bob", cluster, go)
-    working.expect("wormhole-william receive", stream="stderr")
+    hosting, working, client = seven_in_flight(stack, cluster, go)
     os.killpg(hosting.process.pid, signal.SIGKILL)  # its list stays stored
     host(stack, cluster, "bob,carol,diana")
     go.touch()
@@ -717,11 +727,8 @@ def test_a_restarted_host_takes_its_cluster_back(stack, name, tmp_path):
 
 def test_peers_carry_on_when_the_board_server_restarts(stack, name, tmp_path):
     cluster = "alice/" + name
-    hosting = host(stack, cluster, "bob,carol,diana")
-    working = doomed_worker(stack, "carol", cluster)
     go = tmp_path / "go"
-    client = seven_when_told(stack, "bob", cluster, go)
-    working.expect("wormhole-william receive", stream="stderr")
+    hosting, working, client = seven_in_flight(stack, cluster, go)
     stack.restart_board()  # every session drops; the board forgets every list
     hosting.expect("the board dropped the host's session", stream="stderr")
     working.expect("the board dropped our session", stream="stderr")
@@ -834,6 +841,23 @@ def test_a_nameplate_someone_else_holds_is_tried_again_with_a_new_code(stack, na
 
 
 # -- cancel and interrupt ---------------------------------------------------------------------------
+
+def test_result_and_map_time_out_as_in_concurrent_futures(stack):
+    worker(stack, "diana")
+    answer = script(stack, "diana", """
+        import concurrent.futures, time, p2p
+        with p2p.Executor() as ex:
+            for wait in (lambda: ex.submit(time.sleep, 600).result(timeout=2),
+                         lambda: list(ex.map(time.sleep, [600], timeout=2))):
+                started = time.monotonic()
+                try:
+                    wait()
+                except concurrent.futures.TimeoutError:
+                    print("timed out", round(time.monotonic() - started) < 10)
+            ex.shutdown(cancel_futures=True)
+    """)
+    assert answer.stdout == "timed out True\n" * 2, answer.stderr
+
 
 def test_cancelling_a_queued_task_withdraws_it(stack):
     answer = script(stack, "diana", """
@@ -951,12 +975,15 @@ def test_payloads_from_a_worker_gone_bad_are_refused(stack, name, tmp_path):
     marker = tmp_path / "pwned"
     client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
         import p2p
-        for n in range(5):
-            try:
-                print("ok", p2p.submit(abs, -n).result(90), flush=True)
-            except p2p.P2PError as exc:
-                print("%s: %s" % (type(exc).__name__, exc), flush=True)
-    """)], env={"P2P_CLUSTER": cluster, "P2P_RETRIES": "0"})
+        with p2p.Executor(retries=0) as ex:
+            for n in range(4):
+                try:
+                    print("ok", ex.submit(abs, -n).result(90), flush=True)
+                except p2p.P2PError as exc:
+                    print("%s: %s" % (type(exc).__name__, exc), flush=True)
+        with p2p.Executor() as ex:
+            print("ok", ex.submit(abs, -4).result(90), flush=True)
+    """)], env={"P2P_CLUSTER": cluster})
     bad = RawPeer(stack, "carol", cluster, "carol@bad:1#1")
     hello = bad.wait_for("hello", role="client", user="bob")
     exploit = p2p._dumps({"value": Exploit(os.system, "touch %s" % marker), "stdout": "",
@@ -980,8 +1007,6 @@ def test_payloads_from_a_worker_gone_bad_are_refused(stack, name, tmp_path):
         result.write_bytes(payload)
         sending = bad.offer(result_code, result)
         bad.send("result", id=bad.id, to=assign["id"], task=assign["task"], size=size)
-        if n == len(cases) - 1:
-            bad.send("bye", id=p2p._process_of(bad.id))  # before the next task is out
         client.wait_for(lambda out: out.count(b"\n") > n, 60, what="an answer")
         sending.wait(60)
         said = client.output.decode().splitlines()[n]

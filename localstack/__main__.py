@@ -4,6 +4,8 @@
     python3 -m localstack test [PYTEST ARGS]   install what is missing, run pytest
     python3 -m localstack shell [USER] [-- CMD ...]
                                                a shell (or CMD) as USER on a stack
+    python3 -m localstack run SCRIPT [ARGS]    a script that starts its own Stack
+                                               (bench/soak.py), in the namespaces
     python3 -m localstack install              install the Debian packages and pytest
 
 All of them need root: apt-get, unshare and mount do. Not root, they ask
@@ -107,6 +109,8 @@ def main(argv=None):
     commands.add_parser("_demo")  # the demo, in the namespace
     commands.add_parser("test", help="install what is missing, run pytest")
     commands.add_parser("install", help="install the Debian packages and pytest")
+    run = commands.add_parser("run", help="a script that starts its own Stack")
+    run.add_argument("script")
     for name in ("shell", "_shell"):  # _shell: the shell, in the namespace
         sh = commands.add_parser(name, help="a shell, or -- CMD, as a user")
         sh.add_argument("user", nargs="?", default="alice",
@@ -114,7 +118,7 @@ def main(argv=None):
         sh.add_argument("--fixed", action="store_true",
                         help="a board without pico.sh's access-list bugs A and B")
     args, pytest_args = parser.parse_known_args(argv)
-    if args.command != "test" and pytest_args:
+    if args.command not in ("test", "run") and pytest_args:
         parser.error("unrecognized arguments: %s" % " ".join(pytest_args))
 
     if args.command == "_shell":
@@ -137,6 +141,8 @@ def main(argv=None):
         return namespace.enter([sys.executable, "-m", "pytest"] + pytest_args + command)
     if args.command == "demo":
         return namespace.enter([sys.executable, "-m", "localstack", "_demo"])
+    if args.command == "run":
+        return namespace.enter([sys.executable, args.script] + pytest_args + command)
     inner = [sys.executable, "-m", "localstack", "_shell", args.user]
     inner += ["--fixed"] if args.fixed else []
     return namespace.enter(
