@@ -619,6 +619,16 @@ def test_a_board_host_that_refuses_us_is_told_what_ssh_said(stack, tmp_path):
 
 # -- peers that vanish ---------------------------------------------------------------------------
 
+def tasks_done(working, count):
+    """A worker's "done" lines, once it has logged at least count of them.
+
+    It logs one when the client has taken the result, just after the client has it.
+    """
+    working.wait_for(lambda said: said.count(b": done in") >= count, 30, stream="stderr",
+                     what="%d tasks done" % count)
+    return [line for line in working.errors.decode().split("\n") if ": done in" in line]
+
+
 def doomed_worker(stack, user, cluster):
     """A -v worker (it logs its wormhole commands), once it has joined."""
     doomed = p2p_command(stack, user, "worker", cluster, "-v")
@@ -709,7 +719,7 @@ def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name, tmp_
     go.touch()
     assert client.wait(timeout=90) == 0, client.errors
     assert client.output == b"7\n"
-    assert working.errors.decode().count(": done in") == 1  # run once, not twice
+    assert len(tasks_done(working, 1)) == 1  # run once, not twice
 
 
 def test_a_restarted_host_takes_its_cluster_back(stack, name, tmp_path):
@@ -722,7 +732,7 @@ def test_a_restarted_host_takes_its_cluster_back(stack, name, tmp_path):
     assert client.wait(timeout=90) == 0, client.errors
     assert client.output == b"7\n"
     check_a_task_runs(stack, "diana", cluster)  # a newcomer is welcomed
-    assert working.errors.decode().count(": done in") == 2
+    assert len(tasks_done(working, 2)) == 2
 
 
 def test_peers_carry_on_when_the_board_server_restarts(stack, name, tmp_path):
@@ -738,7 +748,7 @@ def test_peers_carry_on_when_the_board_server_restarts(stack, name, tmp_path):
     go.touch()
     assert client.wait(timeout=90) == 0, client.errors
     assert client.output == b"7\n"
-    assert working.errors.decode().count(": done in") == 1  # run once, not twice
+    assert len(tasks_done(working, 1)) == 1  # run once, not twice
     check_a_task_runs(stack, "diana", cluster)
 
 
@@ -886,7 +896,7 @@ def test_shutdown_with_cancel_futures_stops_running_tasks(stack, name):
     client.send("go\n")
     assert client.wait(timeout=30) == 0, client.errors
     assert client.output.startswith(b"CancelledError('task ")
-    working.expect("withdrew: stopping its task", stream="stderr", timeout=5)
+    working.expect("withdrew: stopping its task", stream="stderr", timeout=2)
     check_a_task_runs(stack, "diana", cluster)
 
 
@@ -898,7 +908,7 @@ def test_ctrl_c_in_a_script_stops_its_tasks_on_the_workers(stack, name):
     except subprocess.TimeoutExpired:
         pytest.fail("the script did not end: %s" % client.errors.decode())
     assert b"KeyboardInterrupt" in client.errors
-    working.expect("withdrew: stopping its task", stream="stderr", timeout=5)
+    working.expect("withdrew: stopping its task", stream="stderr", timeout=2)
 
 
 # -- hostile input ---------------------------------------------------------------------------------
@@ -1097,7 +1107,7 @@ def test_with_a_secret_a_stranger_on_the_board_can_do_nothing(stack, name, tmp_p
     assert client.wait(timeout=30) == 0, client.errors
     assert client.output == b"%s\n" % str([-x for x in range(8)]).encode()
     assert b'"to":"mallory' not in mallory.pipe.output  # no task, no accept for her
-    done = [line for line in working.errors.decode().split("\n") if ": done in" in line]
+    done = tasks_done(working, 8)
     assert len(done) == 8 and all(" from bob@" in line for line in done)
     stranger = script(stack, "bob", "import p2p; p2p.Executor()",  # the secret is needed
                       env={"P2P_CLUSTER": cluster})
@@ -1137,5 +1147,5 @@ def test_hostile_board_lines_crash_no_one_and_fool_no_one(stack, name):
     for peer in (hosting, working):
         assert peer.process.poll() is None  # still up
         assert b"Traceback" not in peer.errors
-    done = [line for line in working.errors.decode().split("\n") if ": done in" in line]
+    done = tasks_done(working, 12)
     assert len(done) >= 12 and all(" from diana@" in line for line in done)
