@@ -299,6 +299,11 @@ def _process_of(peer_id):
     return peer_id.split("#", 1)[0]
 
 
+def _machine_of(peer_id):
+    """user@host, of a peer id."""
+    return peer_id.rsplit(":", 1)[0]
+
+
 # -- board --------------------------------------------------------------------
 
 class _Board:
@@ -1010,7 +1015,8 @@ def _wormhole(config, words, cwd, timeout, answer=None, running=None, max_file=N
             running.remove(process)
     if process.returncode != 0:
         said = said.decode(errors="replace").strip()[-300:]
-        raise TransferError("wormhole %s failed: %s" % (words[0], said or "no message"))
+        raise TransferError("wormhole %s failed: %s" % (words[0], said or (
+            "no message, exit status %d" % process.returncode)))
 
 
 def _send_file(config, code, path, running=None):
@@ -1417,7 +1423,7 @@ class _Task:
         self.started = False  # the future was set running
         self.transfers = []  # its wormhole processes, to stop when it moves on
         self.failures = []  # why earlier tries to move it failed
-        self.failed_on = set()  # the workers of those tries
+        self.failed_on = set()  # the machines of those tries
 
     def stop_transfers(self):
         for transfer in list(self.transfers):
@@ -1507,7 +1513,7 @@ class _Client(_Member):
                 return
             if failed:
                 task.failures.append("%s: %s" % (task.worker, why))
-                task.failed_on.add(task.worker)
+                task.failed_on.add(_machine_of(task.worker))
                 log.warning("task %s on worker %s: %s; trying again", task.id,
                             task.worker, why)
             if len(task.failures) <= self.retries:
@@ -1527,9 +1533,10 @@ class _Client(_Member):
                     task.future.set_running_or_notify_cancel()  # wakes its waiters
                 pairs = []
                 for task in list(self.queue) if not self.exposed else []:
-                    # Workers it failed on come last.
+                    # Machines it failed on come last (a worker restarted there
+                    # has a new id, on the same flaky laptop).
                     worker = min((w for w in self.idle if task.py in ("", self.pythons.get(w))),
-                                 key=lambda w: w in task.failed_on, default=None)
+                                 key=lambda w: _machine_of(w) in task.failed_on, default=None)
                     if worker is None:
                         continue  # no idle worker runs its Python; later ones may go
                     self.queue.remove(task)

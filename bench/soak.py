@@ -19,6 +19,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -113,10 +114,14 @@ def soak(stack, workdir, tasks, kill_every):
     for client in clients:
         if client.process.returncode != 0:
             raise RuntimeError("a client failed: %s" % client.errors.decode()[-2000:])
-    return [json.load(open(out)) for out in outputs], log, kills, elapsed
+    retries = collections.Counter(
+        found.group(1)
+        for client in clients for line in client.errors.decode().splitlines()
+        for found in [re.search(r"on worker \S+: (.*); trying again$", line)] if found)
+    return [json.load(open(out)) for out in outputs], log, kills, started, elapsed, retries
 
 
-def report(results, log, kills, elapsed, tasks):
+def report(results, log, kills, started, elapsed, retries, tasks):
     finished_at, right, wrong = {}, 0, []
     for who, answers in zip(("bob", "diana"), results):
         for i, (value, when) in answers.items():
@@ -135,11 +140,11 @@ def report(results, log, kills, elapsed, tasks):
             else:
                 ran[who, int(i)].append(int(pid))
     twice = {task: pids for task, pids in ran.items() if len(pids) > 1}
-    waits = []
+    waits = []  # (wait, task, kill time)
     for killed_at, pid in kills:
         for task, runs in starts.items():
             if any(p == pid and t < killed_at for p, t in runs) and pid not in ran[task]:
-                waits.append(finished_at.get(task, float("nan")) - killed_at)
+                waits.append((finished_at.get(task, float("nan")) - killed_at, task, killed_at))
     total = 2 * tasks
     print()
     print("tasks submitted                      %d (2 clients x %d)" % (total, tasks))
@@ -159,8 +164,14 @@ def report(results, log, kills, elapsed, tasks):
                                                                   elapsed / max(len(kills), 1)))
     print("tasks running on a killed worker     %d" % len(waits))
     if waits:
+        longest, task, killed_at = max(waits)
         print("their wait, kill to result           median %.1fs, longest %.1fs"
-              % (statistics.median(waits), max(waits)))
+              % (statistics.median(w for w, _, _ in waits), longest))
+        print("    the longest: %s task %d, killed at %.1fs; its starts: %s" % (
+            task + (killed_at - started, ", ".join(
+                "pid %d at %+.1fs" % (pid, when - killed_at) for pid, when in starts[task]))))
+    print("tasks tried again, and why           %d%s" % (sum(retries.values()), "".join(
+        "\n    %d x %s" % (n, why) for why, n in retries.most_common())))
     print("wall time                            %.0fs (%.2f tasks/s)" % (elapsed,
                                                                       total / elapsed))
     return right == total
