@@ -29,7 +29,10 @@ How a task travels:
 Three board lines per task, whatever the number of workers. Functions and
 classes that pickle cannot send by reference (lambdas, closures, those of
 ``__main__``) are sent by value. Each task runs in a child process of its
-worker, so a task that crashes fails alone.
+worker, so a task that crashes fails alone. A client loads results with a
+restricted unpickler unless told to trust the cluster (P2P_TRUST=1); with a
+cluster secret (P2P_SECRET_FILE) every board line is signed and every code
+depends on the secret, so strangers on the board can do nothing.
 """
 
 import argparse
