@@ -718,12 +718,18 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
+def _dump(obj, file):
+    """Pickle obj into file; True when it carries code by value."""
+    pickler = _Pickler(file)
+    pickler.dump(obj)
+    return pickler.by_value
+
+
 def _dumps(obj):
     """(bytes, by_value) for obj."""
     buffer = io.BytesIO()
-    pickler = _Pickler(buffer)
-    pickler.dump(obj)
-    return buffer.getvalue(), pickler.by_value
+    by_value = _dump(obj, buffer)
+    return buffer.getvalue(), by_value
 
 
 class _EmptyCell:
@@ -902,11 +908,9 @@ class _ResultUnpickler(pickle.Unpickler):
         return found
 
 
-def _loads(data, trust=False):
+def _load(file, trust=False):
     """Load a pickle from a peer: fully if trusted, else as a result (see above)."""
-    if trust:
-        return pickle.loads(data)
-    return _ResultUnpickler(io.BytesIO(data)).load()
+    return (pickle.Unpickler if trust else _ResultUnpickler)(file).load()
 
 
 def _describe_unpicklable(fn, args, kwargs):
@@ -1079,15 +1083,16 @@ def _run_task(task_path, result_path):
         stream.close()
     outcome["warnings"] = [(str(w.message), w.category, w.filename, w.lineno)
                            for w in caught]
-    try:
-        payload, _ = _dumps(outcome)
-    except Exception as exc:
-        what = "result" if "value" in outcome else "exception"
-        payload = _failure(P2PError("the task's %s cannot be sent back: %s" % (what, exc)),
-                           outcome.get("traceback", ""), outcome["stdout"],
-                           outcome["stderr"])
     with open(result_path, "wb") as f:
-        f.write(payload)
+        try:  # straight to the file: a large result is not copied in memory
+            _dump(outcome, f)
+        except Exception as exc:
+            what = "result" if "value" in outcome else "exception"
+            f.seek(0)
+            f.truncate()
+            f.write(_failure(P2PError("the task's %s cannot be sent back: %s" % (what, exc)),
+                             outcome.get("traceback", ""), outcome["stdout"],
+                             outcome["stderr"]))
 
 
 def _failure(error, traceback_text="", stdout="", stderr=""):
@@ -1414,9 +1419,10 @@ class _TaskFuture(concurrent.futures.Future):
 
 
 class _Task:
-    def __init__(self, payload, by_value, future):
+    def __init__(self, path, by_value, future):
         self.id = secrets.token_hex(8)
-        self.payload = payload
+        self.path = path  # the pickled call, kept on disk for the tries it may take
+        self.size = os.path.getsize(path)
         self.py = PY if by_value else ""
         self.future = future
         self.worker = None
@@ -1471,6 +1477,8 @@ class _Client(_Member):
                 self.idle.discard(msg["to"])
             elif msg.kind == "bye":
                 self.idle -= {w for w in self.idle if _process_of(w) == msg["id"]}
+                for gone in [w for w in self.pythons if _process_of(w) == msg["id"]]:
+                    del self.pythons[gone]
                 self.heard[msg["id"]] = float("-inf")  # its tasks are lost now
             self.changed.notify_all()
 
@@ -1557,7 +1565,7 @@ class _Client(_Member):
                     self.changed.wait(1.0)
             for task in pairs:
                 self.board.send("assign", id=self.id, to=task.worker, task=task.id,
-                                dh=task.share.public, py=task.py, size=len(task.payload))
+                                dh=task.share.public, py=task.py, size=task.size)
 
     def _check_workers(self):
         """Tasks whose worker did not answer, fell silent or left; say we are alive."""
@@ -1586,10 +1594,9 @@ class _Client(_Member):
 
     def _send_task(self, task, code):
         folder = tempfile.mkdtemp(dir=self.scratch)
-        path = os.path.join(folder, "task-%s.pkl" % task.id)
+        path = os.path.join(folder, "task-%s.pkl" % task.id)  # the name tells the try
         try:
-            with open(path, "wb") as f:
-                f.write(task.payload)
+            os.link(task.path, path)
             _send_file(self.config, code, path, task.transfers)
         except TransferError as exc:
             log.debug("sending task %s: %s (the worker's answer decides)", task.id, exc)
@@ -1603,21 +1610,21 @@ class _Client(_Member):
         try:
             path = _receive_file(self.config, code, "result-%s.pkl" % task.id, size,
                                  folder, task.transfers)
-            with open(path, "rb") as f:
-                data = f.read()
         except TransferError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
             self._retry(task, "the result did not arrive: %s" % exc)
             return
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
         try:
-            outcome = _checked_outcome(_loads(data, self.config.trust))
+            with open(path, "rb") as f:  # from the file: a large result is read once
+                outcome = _checked_outcome(_load(f, self.config.trust))
         except Exception as exc:  # a broken payload fails its task, not the client
             why = "the result of task %s from %s was refused: %s" % (task.id, task.worker,
                                                                    exc)
             log.warning("%s", why)
             self._finish(task, error=TransferError(why))
             return
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         task.future._replay = outcome
         if "error" in outcome:
             error = outcome["error"]
@@ -1630,6 +1637,10 @@ class _Client(_Member):
 
     def _finish(self, task, value=None, error=None):
         task.stop_transfers()
+        try:
+            os.remove(task.path)
+        except OSError:
+            pass
         with self.changed:
             self.tasks.pop(task.id, None)
         if task.future.done():
@@ -1703,24 +1714,45 @@ class Executor(concurrent.futures.Executor):
             raise
 
     def submit(self, fn, /, *args, **kwargs):
+        # Pickled straight to a file: a large argument is not copied in memory.
+        fd, path = tempfile.mkstemp(suffix=".pkl", dir=self._client.scratch)
         try:
-            payload, by_value = _dumps((fn, args, kwargs))
+            with os.fdopen(fd, "wb") as f:
+                by_value = _dump((fn, args, kwargs), f)
         except Exception:
+            os.remove(path)
             raise P2PError(_describe_unpicklable(fn, args, kwargs)) from None
         future = _TaskFuture()
         with self._client.changed:
             if self._shutdown:
+                os.remove(path)
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._client.put(_Task(payload, by_value, future))
+            self._client.put(_Task(path, by_value, future))
         return future
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
+    def map(self, fn, *iterables, timeout=None, chunksize=None):
+        """As concurrent.futures' map; calls go to workers chunksize at a time.
+
+        By default, when the iterables have a length, it makes about four
+        chunks per worker slot it knows of (as multiprocessing's Pool does).
+        """
+        if chunksize is None:
+            chunksize = self._chunksize(iterables)
         if chunksize <= 1:
             return super().map(fn, *iterables, timeout=timeout)
         batches = _batched(zip(*iterables), chunksize)
         results = super().map(_call_chunk, itertools.repeat(fn), batches,
                               timeout=timeout)
         return (value for batch in results for value in batch)
+
+    def _chunksize(self, iterables):
+        try:
+            count = min(len(iterable) for iterable in iterables) if iterables else 0
+        except TypeError:
+            return 1  # an iterator: its length is not known
+        with self._client.changed:
+            slots = max(1, len(self._client.pythons))
+        return -(-count // (4 * slots))  # rounded up
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         with self._client.changed:
@@ -1788,7 +1820,7 @@ def submit(fn, /, *args, **kwargs):
     return _default_executor().submit(fn, *args, **kwargs)
 
 
-def map(fn, *iterables, timeout=None, chunksize=1):  # noqa: A001
+def map(fn, *iterables, timeout=None, chunksize=None):  # noqa: A001
     """Like builtins.map, each call run on a worker (see submit)."""
     return _default_executor().map(fn, *iterables, timeout=timeout,
                                    chunksize=chunksize)

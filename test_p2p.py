@@ -6,6 +6,7 @@ or a user's script, every board message goes through the real ssh client
 and sshd to the faithful pico board, every payload through wormhole-william.
 """
 
+import io
 import os
 import pickle
 import re
@@ -145,6 +146,18 @@ def test_a_personal_cluster_needs_no_host(stack):
     """, timeout=40)
     assert "ClusterError" in stranger.stderr
     assert "only diana can use it" in stranger.stderr
+
+
+def test_map_sends_about_four_chunks_per_worker_slot(stack):
+    working = worker(stack, "diana", None, "--workers", "2")
+    answer = script(stack, "diana", """
+        import p2p
+        p2p.submit(abs, 0).result(60)            # the client has heard of both slots
+        print(list(p2p.map(abs, range(-16, 0))))   # 16 calls: 8 tasks of 2
+        print(list(p2p.map(abs, iter(range(-3, 0)))))  # no length: 3 tasks of 1
+    """)
+    assert answer.stdout == "%s\n[3, 2, 1]\n" % list(range(16, 0, -1)), answer.stderr
+    assert len(tasks_done(working, 12)) == 12
 
 
 def test_functions_typed_into_an_interactive_session_travel_too(stack):
@@ -552,6 +565,10 @@ class Exploit:
         return self.call, self.args
 
 
+def loads(data, trust=False):
+    return p2p._load(io.BytesIO(data), trust)
+
+
 def outcome(value):
     return p2p._dumps({"value": value, "stdout": "", "stderr": "", "warnings": []})[0]
 
@@ -567,20 +584,20 @@ def test_a_result_that_would_run_commands_is_refused(tmp_path):
                  (getattr, os, "system"), (pickle.loads, b"."), (shutil_rmtree, tmp_path),
                  (open, marker, "w"), (pathlib.Path.write_text, marker, "x")]:
         with pytest.raises(p2p.TransferError, match="does not load from a worker"):
-            p2p._loads(outcome(Exploit(*call)))
+            loads(outcome(Exploit(*call)))
     for module, name in [("pathlib", "os.system"), ("builtins", "object.__subclasses__"),
                          ("pathlib", "Path.write_text"), ("json", "decoder")]:
         smuggled = b"\x80\x04\x8c%c%s\x8c%c%s\x93." % (len(module), module.encode(),
                                                         len(name), name.encode())
         with pytest.raises(p2p.TransferError, match="does not load from a worker"):
-            p2p._loads(smuggled)
+            loads(smuggled)
     with pytest.raises(p2p.P2PError, match="came back from a worker as code"):
-        p2p._loads(outcome(Exploit(lambda: open(marker, "w"))))  # code by value
+        loads(outcome(Exploit(lambda: open(marker, "w"))))  # code by value
     assert not marker.exists()
     with pytest.raises(p2p.TransferError, match="not imported here"):
-        p2p._loads(b"\x80\x04\x95\x0f\x00\x00\x00\x00\x00\x00\x00\x8c\x07"
+        loads(b"\x80\x04\x95\x0f\x00\x00\x00\x00\x00\x00\x00\x8c\x07"
                    b"nowhere\x94\x8c\x01x\x94\x93\x94.")
-    p2p._loads(outcome(Exploit(lambda: open(marker, "w"))), trust=True)
+    loads(outcome(Exploit(lambda: open(marker, "w"))), trust=True)
     assert marker.exists()  # the switch: a trusted cluster's results load whole
 
 
@@ -591,19 +608,19 @@ def test_results_may_hold_data_errors_and_the_clients_own_classes():
               decimal.Decimal("1.5"), fractions.Fraction(1, 3), pathlib.Path("/tmp/x"),
               types.SimpleNamespace(a=1), collections.OrderedDict(b=2), {1, 2}, range(3),
               bytearray(b"ab"), complex(1, 2), Exploit(abs, -1)]
-    back = p2p._loads(outcome(values))["value"]
+    back = loads(outcome(values))["value"]
     assert [repr(v) for v in back[:-1]] == [repr(v) for v in values[:-1]]
     assert back[-1] == 1  # abs(-1), a harmless builtin
-    code = p2p._loads(outcome(lambda x: x + 1))["value"]
+    code = loads(outcome(lambda x: x + 1))["value"]
     assert "withheld" in repr(code)
-    assert p2p._loads(outcome(lambda x: x + 1), trust=True)["value"](1) == 2
+    assert loads(outcome(lambda x: x + 1), trust=True)["value"](1) == 2
 
 
 def test_a_payload_that_is_not_an_outcome_is_refused():
     for bad in [{"value": 1}, {"error": "not an exception", "stdout": "", "stderr": "",
                                "warnings": []}, [1, 2], 7]:
         with pytest.raises(p2p.TransferError, match="not the outcome of a task"):
-            p2p._checked_outcome(p2p._loads(pickle.dumps(bad)))
+            p2p._checked_outcome(loads(pickle.dumps(bad)))
 
 
 def test_a_board_host_that_refuses_us_is_told_what_ssh_said(stack, tmp_path):
@@ -1058,7 +1075,7 @@ def test_payloads_from_a_client_gone_bad_are_refused(stack, name, tmp_path):
         answers.append(bad.wait_for(("decline", "result"), to=bad.id, task=task))
         if answers[-1].kind == "result":
             got = bad.receive(result_code, tmp_path / ("in%d" % n))
-            answers[-1] = p2p._loads(got["result-%s.pkl" % task])["error"]
+            answers[-1] = loads(got["result-%s.pkl" % task])["error"]
     assert answers[0].kind == "decline"
     assert "the peer sent more than the 100 bytes announced" in answers[0]["why"]
     assert isinstance(answers[1], pickle.UnpicklingError)  # it failed as a task does
@@ -1085,7 +1102,7 @@ def test_with_a_secret_a_stranger_on_the_board_can_do_nothing(stack, name, tmp_p
     client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
         import p2p
         with p2p.Executor() as ex:
-            print(list(ex.map(lambda x: -x, range(8), timeout=120)))
+            print(list(ex.map(lambda x: -x, range(8), timeout=120, chunksize=1)))
     """)], env=keyed)
     forger = p2p._keys("not-the-secret-at-all", p2p.Cluster(cluster))[0]
     slot = mallory.wait_for("idle")["id"]
@@ -1127,7 +1144,7 @@ def test_hostile_board_lines_crash_no_one_and_fool_no_one(stack, name):
     client = stack.process("diana", [sys.executable, "-c", textwrap.dedent("""
         import p2p
         with p2p.Executor() as ex:
-            print(list(ex.map(lambda x: x * 3, range(12), timeout=240)))
+            print(list(ex.map(lambda x: x * 3, range(12), timeout=240, chunksize=1)))
     """)], env={"P2P_CLUSTER": cluster})
     rng = random.Random(20261127)  # reproducible
     victims = []
