@@ -1962,6 +1962,8 @@ def _parser():
     common.add_argument("-v", "--verbose", action="store_true",
                         help="log every ssh and wormhole command and board message "
                         "(P2P_DEBUG=1)")
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="log errors only, not each task and peer")
     parser = argparse.ArgumentParser(
         prog="python -m p2p", parents=[common],
         description="A peer-to-peer compute cluster for Python over outbound SSH.")
@@ -1992,7 +1994,8 @@ def _parser():
 def main(argv=None):
     """The ``python -m p2p`` command line."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.INFO
+    logging.basicConfig(level=level,
                         format="%(asctime)s p2p: %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

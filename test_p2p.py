@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,6 @@ import time
 import pytest
 
 import p2p
-from shutil import rmtree as shutil_rmtree
 from localstack import processes_mentioning, wait_until
 from test_localstack import on_channel, parse_ls
 
@@ -515,6 +515,25 @@ def test_help_and_version(stack):
     assert version.stdout == "p2p %s\n" % p2p.__version__
 
 
+def test_p2p_py_copied_alone_into_a_project_works(stack, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(p2p.__file__, project)  # vendored: the one file, nothing else
+    env = {"PYTHONPATH": None}
+    as_script = stack.run("diana", [sys.executable, "p2p.py", "--version"], cwd=project,
+                          env=env)
+    assert as_script.stdout == "p2p %s\n" % p2p.__version__, as_script.stderr
+    working = stack.process("diana", [sys.executable, "p2p.py", "worker", "-q"],
+                            cwd=project, env=env)
+    (project / "job.py").write_text("import p2p\nprint(p2p.__file__, p2p.submit(abs, -5)"
+                                    ".result(60))\n")
+    job = stack.run("diana", [sys.executable, "job.py"], cwd=project, env=env, timeout=90)
+    assert job.stdout == "%s 5\n" % (project / "p2p.py"), job.stderr
+    working.process.terminate()
+    assert working.wait(30) == 143
+    assert working.errors == b""  # -q: no line per task, no join line
+
+
 # -- units ---------------------------------------------------------------------------------------
 
 def test_board_lines_that_do_not_parse_are_noise():
@@ -581,7 +600,7 @@ def test_a_result_that_would_run_commands_is_refused(tmp_path):
     touch = "open(%r, 'w')" % str(marker)
     for call in [(os.system, "touch %s" % marker), (subprocess.Popen, ["touch", marker]),
                  (eval, touch), (exec, touch), (builtins.__import__, "os"),
-                 (getattr, os, "system"), (pickle.loads, b"."), (shutil_rmtree, tmp_path),
+                 (getattr, os, "system"), (pickle.loads, b"."), (shutil.rmtree, tmp_path),
                  (open, marker, "w"), (pathlib.Path.write_text, marker, "x")]:
         with pytest.raises(p2p.TransferError, match="does not load from a worker"):
             loads(outcome(Exploit(*call)))
