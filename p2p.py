@@ -193,13 +193,16 @@ def _read_secret(path):
 
 
 def _issue_secret(path):
-    """Write a new secret to path, readable by you only (never over an old one)."""
+    """Write a new secret to path, readable by you only; False if it has one already."""
     try:
         fd = os.open(os.path.expanduser(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
     except OSError as exc:
         raise P2PError("cannot write a new secret to %s: %s" % (path, exc.strerror)) from None
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_urlsafe(32) + "\n")
+    return True
 
 
 def _keys(secret, cluster):
@@ -1026,6 +1029,12 @@ def _wormhole(config, words, cwd, timeout, answer=None, running=None, max_file=N
             "no message, exit status %d" % process.returncode)))
 
 
+def _kill(running):
+    """Stop the wormhole processes of a running list (see _wormhole)."""
+    for process in list(running):
+        process.kill()
+
+
 def _send_file(config, code, path, running=None):
     _wormhole(config, ["send", "--hide-progress", "--code", code,
                        os.path.basename(path)], os.path.dirname(path),
@@ -1254,8 +1263,7 @@ class _Worker(_Member):
                 slot.abandoned = True
         for slot in slots:
             log.warning("%s %s: stopping its task", slot.client, why)
-            for transfer in list(slot.transfers):
-                transfer.kill()
+            _kill(slot.transfers)
             slot.runner.stop()
             # Should the client still be there, it tries elsewhere, not waits.
             self.board.send("decline", id=slot.id, to=slot.client, task=slot.task,
@@ -1338,9 +1346,10 @@ class _Worker(_Member):
             threading.Thread(target=send, daemon=True).start()
             # Until the client takes it, say so again now and then: a line
             # lost while its ssh link was down must not leave it waiting.
-            self.board.send("result", id=slot.id, to=client, task=task, size=size)
-            while not sent.wait(ALIVE_EVERY):
+            while True:
                 self.board.send("result", id=slot.id, to=client, task=task, size=size)
+                if sent.wait(ALIVE_EVERY):
+                    break
             self.done += 1
             log.info("task %s from %s: done in %.2fs", task, client,
                      time.monotonic() - started)
@@ -1434,10 +1443,6 @@ class _Task:
         self.failures = []  # why earlier tries to move it failed
         self.failed_on = set()  # the machines of those tries
 
-    def stop_transfers(self):
-        for transfer in list(self.transfers):
-            transfer.kill()
-
 
 class _Client(_Member):
     """The client side of an Executor: assigns tasks to idle workers."""
@@ -1507,7 +1512,7 @@ class _Client(_Member):
                              daemon=True).start()
 
     def _requeue(self, task):
-        task.stop_transfers()  # a send to the worker we gave up on
+        _kill(task.transfers)  # a send to the worker we gave up on
         self.tasks.pop(task.id, None)
         task.worker, task.share, task.result_code = None, None, None
         self.queue.appendleft(task)
@@ -1636,7 +1641,7 @@ class _Client(_Member):
             self._finish(task, value=outcome.get("value"))
 
     def _finish(self, task, value=None, error=None):
-        task.stop_transfers()
+        _kill(task.transfers)
         try:
             os.remove(task.path)
         except OSError:
@@ -2000,10 +2005,8 @@ def main(argv=None):
                         stream=sys.stderr)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        issued = args.command == "host" and args.secret_file and not os.path.exists(
-            os.path.expanduser(args.secret_file))
-        if issued:
-            _issue_secret(args.secret_file)
+        issued = args.command == "host" and args.secret_file and _issue_secret(
+            args.secret_file)
         config = Config(args.host, args.ssh_args, args.wormhole, args.verbose or None,
                         secret_file=args.secret_file)
         user = whoami(config)
