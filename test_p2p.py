@@ -21,8 +21,34 @@ import time
 import pytest
 
 import p2p
-from localstack import processes_mentioning, wait_until
+from localstack import children_of, wait_until
 from test_localstack import on_channel, parse_ls
+
+
+class Gate:
+    """A FIFO that a task blocks on, reading, until the test opens it: no polling."""
+
+    def __init__(self, path):
+        os.mkfifo(path)
+        self.path = str(path)
+        self._held = None
+
+    def open(self):
+        # Read-write, so this never blocks; held until the test ends, so a
+        # task that opens the FIFO only later still finds the byte.
+        self._held = os.open(self.path, os.O_RDWR)
+        os.write(self._held, b"!")
+
+    def close(self):
+        if self._held is not None:
+            os.close(self._held)
+
+
+@pytest.fixture
+def gate(tmp_path):
+    opened = Gate(tmp_path / "gate")
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
@@ -672,26 +698,26 @@ def doomed_worker(stack, user, cluster):
     return doomed
 
 
-def test_a_worker_killed_mid_task_is_replaced(stack, name, tmp_path):
+def test_a_worker_killed_mid_task_is_replaced(stack, name, gate):
     cluster = "alice/" + name
     host(stack, cluster, "bob,carol,diana")
     doomed = doomed_worker(stack, "carol", cluster)
-    go = tmp_path / "go"  # the task ends once the test has replaced its worker
+    # The task ends once the test has replaced its worker and opened the gate.
     client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
-        import os, time, p2p
+        import os, p2p
 
-        def home_when_told(path):
-            while not os.path.exists(path):
-                time.sleep(0.05)
+        def home_when_told(gate):
+            with open(gate, "rb") as f:  # blocks until the test opens it
+                f.read(1)
             return os.environ["HOME"]
 
         print(p2p.submit(home_when_told, %r).result(120))
-    """ % str(go))], env={"P2P_CLUSTER": cluster})
+    """ % gate.path)], env={"P2P_CLUSTER": cluster})
     doomed.expect("wormhole-william receive", stream="stderr")  # it has the task
     killed = time.monotonic()
     os.killpg(doomed.process.pid, signal.SIGKILL)  # the worker and its runner
     worker(stack, "diana", cluster)
-    go.touch()
+    gate.open()
     assert client.wait(timeout=90) == 0, client.errors
     assert time.monotonic() - killed < 45
     assert client.output.decode().strip() == stack.env("diana")["HOME"]
@@ -721,76 +747,68 @@ def test_when_retries_are_used_up_the_error_names_the_lost_workers(stack, name):
                      r"did not answer its assignment)", said), said
 
 
-def seven_when_told(stack, user, cluster, go, retries=2):
-    """user's script waits on a task that returns 7 once the file go exists."""
+def seven_when_told(stack, user, cluster, gate=None, retries=2):
+    """user's script waits on a task that returns 7 once the gate (if any) is open."""
     return stack.process(user, [sys.executable, "-c", textwrap.dedent("""
-        import os, time, p2p
+        import p2p
 
-        def seven_when_told(path):
-            while not os.path.exists(path):
-                time.sleep(0.05)
+        def seven_when_told(gate):
+            if gate:
+                with open(gate, "rb") as f:  # blocks until the test opens it
+                    f.read(1)
             return 7
 
         print(p2p.submit(seven_when_told, %r).result(120))
-    """ % str(go))], env={"P2P_CLUSTER": cluster, "P2P_RETRIES": str(retries)})
+    """ % (gate and gate.path))], env={"P2P_CLUSTER": cluster, "P2P_RETRIES": str(retries)})
 
 
-def seven_in_flight(stack, cluster, go):
-    """alice hosts; carol's worker has bob's task, which ends when go exists."""
+def seven_in_flight(stack, cluster, gate):
+    """alice hosts; carol's worker has bob's task, which ends when the gate opens."""
     hosting = host(stack, cluster, "bob,carol,diana")
     working = doomed_worker(stack, "carol", cluster)
-    client = seven_when_told(stack, "bob", cluster, go)
+    client = seven_when_told(stack, "bob", cluster, gate)
     working.expect("wormhole-william receive", stream="stderr")
     return hosting, working, client
 
 
-def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name, tmp_path):
+def test_a_client_whose_board_link_drops_still_gets_its_result(stack, name, gate):
     cluster = "alice/" + name
-    go = tmp_path / "go"  # the task ends only once the client's link is down
-    _, working, client = seven_in_flight(stack, cluster, go)
-    link = [pid for pid in processes_mentioning(cluster + "/board")
-            if _parent(pid) == client.process.pid]
+    _, working, client = seven_in_flight(stack, cluster, gate)  # ends after the drop
+    link = children_of(client.process.pid, cluster + "/board")
     assert len(link) == 1
     os.kill(link[0], signal.SIGKILL)  # the ssh to the board dies mid-task
-    go.touch()
+    gate.open()
     assert client.wait(timeout=90) == 0, client.errors
     assert client.output == b"7\n"
     assert len(tasks_done(working, 1)) == 1  # run once, not twice
 
 
-def test_a_restarted_host_takes_its_cluster_back(stack, name, tmp_path):
+def test_a_restarted_host_takes_its_cluster_back(stack, name, gate):
     cluster = "alice/" + name
-    go = tmp_path / "go"
-    hosting, working, client = seven_in_flight(stack, cluster, go)
+    hosting, working, client = seven_in_flight(stack, cluster, gate)
     os.killpg(hosting.process.pid, signal.SIGKILL)  # its list stays stored
     host(stack, cluster, "bob,carol,diana")
-    go.touch()
+    gate.open()
     assert client.wait(timeout=90) == 0, client.errors
     assert client.output == b"7\n"
     check_a_task_runs(stack, "diana", cluster)  # a newcomer is welcomed
     assert len(tasks_done(working, 2)) == 2
 
 
-def test_peers_carry_on_when_the_board_server_restarts(stack, name, tmp_path):
+def test_peers_carry_on_when_the_board_server_restarts(stack, name, gate):
     cluster = "alice/" + name
-    go = tmp_path / "go"
-    hosting, working, client = seven_in_flight(stack, cluster, go)
+    hosting, working, client = seven_in_flight(stack, cluster, gate)
     stack.restart_board()  # every session drops; the board forgets every list
     hosting.expect("the board dropped the host's session", stream="stderr")
     working.expect("the board dropped our session", stream="stderr")
     on_channel(stack, "alice", cluster + "/board", "alice", "bob", "carol")
     assert parse_ls(stack.ls("alice"))[cluster + "/board"]["access"] == [
         "bob", "carol", "diana"]
-    go.touch()
+    gate.open()
     assert client.wait(timeout=90) == 0, client.errors
     assert client.output == b"7\n"
     assert len(tasks_done(working, 1)) == 1  # run once, not twice
     check_a_task_runs(stack, "diana", cluster)
-
-
-def _parent(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 def long_task_in_flight(stack, cluster):
@@ -837,7 +855,7 @@ def test_a_stalled_transfer_is_tried_again_with_a_new_code_then_reported(stack, 
         assert re.match(r"task \w+ failed 1 time\(s\): carol@\S+: the task did not arrive: "
                         r"wormhole receive did not finish within 3s", reported.stdout), \
             reported.stdout + reported.stderr
-        client = seven_when_told(stack, "bob", cluster, "/", retries=5)  # no wait
+        client = seven_when_told(stack, "bob", cluster, retries=5)  # no gate: no wait
         stalled.wait_for(lambda said: said.count(b"did not finish within 3s") >= 2, 30,
                          stream="stderr", what="the second stall")
         worker(stack, "diana", cluster)
@@ -877,7 +895,7 @@ def test_a_nameplate_someone_else_holds_is_tried_again_with_a_new_code(stack, na
     squatting = p2p_command(stack, "carol", "worker", cluster, env={
         "P2P_WORMHOLE": str(wrapper), "P2P_TIMEOUT": "5"})
     squatting.expect("worker carol@", stream="stderr", timeout=30)
-    client = seven_when_told(stack, "bob", cluster, "/")  # "/" exists: no wait
+    client = seven_when_told(stack, "bob", cluster)  # no gate: no wait
     assert client.wait(timeout=60) == 0, client.errors
     assert client.output == b"7\n"
     assert squatted.exists()

@@ -22,7 +22,7 @@ import textwrap
 import time
 
 import p2p
-from localstack import Stack
+from localstack import Stack, children_of
 
 USER = "bob"  # everything runs on bob's personal cluster: no host needed
 MB = 1 << 20
@@ -180,7 +180,7 @@ def board_lines_per_task(stack, idle_workers, tasks=20):
 def idle_cost(stack, seconds):
     """(share of a core, RSS in MB) of an idle worker process and its ssh, over seconds."""
     worker, = start_workers(stack, 1)
-    pids = [worker.process.pid] + children(worker.process.pid)
+    pids = [worker.process.pid] + children_of(worker.process.pid)
     try:
         before = sum(cpu_seconds(pid) for pid in pids)
         time.sleep(seconds)  # the worker idles: this is what is measured
@@ -188,19 +188,6 @@ def idle_cost(stack, seconds):
         return used / seconds, rss_mb(worker.process.pid), sum(rss_mb(p) for p in pids)
     finally:
         stop([worker])
-
-
-def children(pid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 def cpu_seconds(pid):

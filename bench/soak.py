@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 
-from localstack import Stack, processes_mentioning
+from localstack import Stack, children_of
 
 CLUSTER = "alice/soak"
 
@@ -64,15 +64,6 @@ def start_worker(stack, user):
     return worker
 
 
-def board_link_of(process):
-    """The pid of the ssh that links a p2p process to the board."""
-    for pid in processes_mentioning(CLUSTER + "/board"):
-        with open("/proc/%d/stat" % pid) as f:
-            if int(f.read().rsplit(")", 1)[1].split()[1]) == process.pid:
-                return pid
-    raise RuntimeError("no board link for pid %d" % process.pid)
-
-
 def soak(stack, workdir, tasks, kill_every):
     log = os.path.join(workdir, "tasks.log")
     host = stack.process("alice", [sys.executable, "-m", "p2p", "host", CLUSTER,
@@ -99,7 +90,8 @@ def soak(stack, workdir, tasks, kill_every):
     while not finished.wait(max(0.0, min(next_kill, cut_at) - time.time())):
         now = time.time()
         if now >= cut_at:
-            os.kill(board_link_of(cut.process), signal.SIGKILL)
+            link, = children_of(cut.process.pid, CLUSTER + "/board")  # its ssh
+            os.kill(link, signal.SIGKILL)
             print("%5.1fs  cut the board link of diana's worker" % (now - started), flush=True)
             cut_at = float("inf")
         if now >= next_kill:

@@ -134,6 +134,19 @@ def processes_mentioning(text):
     return found
 
 
+def children_of(pid, mentioning=""):
+    """Pids of pid's child processes whose command line contains mentioning."""
+    found = []
+    for child in processes_mentioning(mentioning):
+        try:
+            with open("/proc/%d/stat" % child) as f:  # "pid (name) state ppid ..."
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(child)
+        except OSError:
+            pass  # it ended while we looked
+    return found
+
+
 def kill_and_wait(pids, timeout=5.0):
     """SIGKILL each pid and wait until it has exited (not only signalled)."""
     for pid in pids:
