@@ -6,6 +6,9 @@ through ``stack.run(user, argv)`` / ``stack.spawn(user, argv)``; whatever
 it spawns is killed when the test ends, passed or failed.
 """
 
+import os
+import secrets
+
 import pytest
 
 from localstack import Stack, check_namespace
@@ -41,3 +44,35 @@ def _reap(request):
     for name in ("stack", "fixed_stack"):
         if name in request.fixturenames:
             request.getfixturevalue(name).reap()
+
+
+class Gate:
+    """A FIFO that a task blocks on, reading, until the test opens it: no polling."""
+
+    def __init__(self, path):
+        os.mkfifo(path)
+        self.path = str(path)
+        self._held = None
+
+    def open(self):
+        # Read-write, so this never blocks; held until the test ends, so a
+        # task that opens the FIFO only later still finds a byte. One byte
+        # for each task that may wait on it.
+        self._held = os.open(self.path, os.O_RDWR)
+        os.write(self._held, b"!" * 4096)
+
+    def close(self):
+        if self._held is not None:
+            os.close(self._held)
+
+
+@pytest.fixture
+def gate(tmp_path):
+    opened = Gate(tmp_path / "gate")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def name():
+    return "c" + secrets.token_hex(3)

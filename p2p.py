@@ -41,9 +41,11 @@ import base64
 import builtins
 import collections
 import concurrent.futures
+import copy
 import dis
 import hashlib
 import hmac
+import http.client
 import importlib
 import io
 import itertools
@@ -52,6 +54,8 @@ import logging
 import marshal
 import os
 import pickle
+import platform
+import queue
 import secrets
 import shlex
 import shutil
@@ -64,6 +68,8 @@ import threading
 import time
 import traceback
 import types
+import urllib.parse
+import urllib.request
 import warnings
 
 try:
@@ -135,7 +141,9 @@ class Config:
     host      P2P_HOST       the board's ssh host (pipe.pico.sh)
     ssh_args  P2P_SSH_ARGS   extra ssh arguments, a shell-like string
                              ("-J somehost", "-F ~/.ssh/pico_config")
-    wormhole  P2P_WORMHOLE   the wormhole-william binary (found on PATH)
+    wormhole  P2P_WORMHOLE   the wormhole tool: default wormhole-william on
+                             PATH, else the one install-wormhole fetched,
+                             else magic-wormhole's ``wormhole``
     debug     P2P_DEBUG=1    log every ssh and wormhole command and message
     trust     P2P_TRUST=1    load results as plain pickle, code and all: only
                              for clusters whose members you all trust
@@ -153,7 +161,7 @@ class Config:
         if ssh_args is None:
             ssh_args = env.get("P2P_SSH_ARGS", "")
         self.ssh_args = shlex.split(ssh_args) if isinstance(ssh_args, str) else list(ssh_args)
-        self.wormhole = wormhole or env.get("P2P_WORMHOLE") or "wormhole-william"
+        self.wormhole = wormhole or env.get("P2P_WORMHOLE")
         self.debug = _flag("P2P_DEBUG") if debug is None else debug
         self.trust = _flag("P2P_TRUST") if trust is None else trust
         self.timeout = _number("P2P_TIMEOUT", timeout, 60.0, float)
@@ -237,11 +245,17 @@ def _default_cluster(user):
 
 # -- identity -----------------------------------------------------------------
 
-def _ssh(config, host, words, **popen):
-    """Start ``ssh HOST WORDS...`` with the configured arguments: the one way to ssh."""
-    if shutil.which("ssh") is None:
+def _require_ssh():
+    path = shutil.which("ssh")
+    if path is None:
         raise P2PError("ssh was not found on PATH: install the OpenSSH client "
                        "(e.g. apt install openssh-client) and try again")
+    return path
+
+
+def _ssh(config, host, words, **popen):
+    """Start ``ssh HOST WORDS...`` with the configured arguments: the one way to ssh."""
+    _require_ssh()
     argv = (["ssh", "-T"] + config.ssh_args +
             ["-o", "BatchMode=yes", "-o", "ServerAliveInterval=15",
              "-o", "ServerAliveCountMax=3", host] + list(words))
@@ -472,6 +486,7 @@ class _Member:
         self._closing = False
         self._joining = False
         self._backoff = _Backoff()
+        self.started = int(time.time())
         self.heard = {}  # peer process id -> when we last heard from it
         # None while our own link is down: peers are not silent, we are deaf.
         self.online_since = None
@@ -569,11 +584,18 @@ class _Member:
         elif msg.kind == "intruders" and msg["users"] != self.intruders:
             self.intruders = msg["users"]
             self._on_intruders()
+        elif msg.kind == "who" and self.role != "observer":
+            self.board.send("here", id=self.id, to=msg["id"], role=self.role,
+                            user=self.user, py=PY, since=self.started, about=self.about())
         else:
             self.handle(msg)
 
     def handle(self, msg):
         """A board message for this kind of member."""
+
+    def about(self):
+        """What this member tells a roll call (python -m p2p status)."""
+        return {}
 
     def _on_denied(self):
         """The host said we are not a member."""
@@ -626,6 +648,9 @@ _MESSAGES = {
     "withdraw": {"id": str, "to": str, "task": str},
     "alive": {"id": str},
     "bye": {"id": str},
+    "who": {"id": str},  # a roll call: every peer answers "here"
+    "here": {"id": str, "to": str, "role": str, "user": str, "py": str, "since": int,
+             "about": dict},
 }
 
 
@@ -973,20 +998,78 @@ def _code(digest):
     return "%d-%s" % (nameplate, digest[4:16].hex())
 
 
+WORMHOLE_RELEASE = "v1.0.6"  # the wormhole-william that install-wormhole fetches
+_DOWNLOADS = "https://github.com/psanford/wormhole-william/releases/download"
+# kind: "wormhole-william" or "magic-wormhole" (Python's), which differ a little
+_Tool = collections.namedtuple("_Tool", "kind version path")
+_tools = {}  # path -> _Tool, once per process: the Python CLI takes 0.7 s to start
+
+
+def _data_dir():
+    """Where p2p.py keeps what it downloads for you."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser(r"~\AppData\Local")
+    elif sys.platform == "darwin":
+        base = os.path.expanduser("~/Library/Application Support")
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "p2p")
+
+
+def _installed_wormhole():
+    return os.path.join(_data_dir(), "wormhole-william" + (
+        ".exe" if sys.platform == "win32" else ""))
+
+
+def _wormhole_tool(config):
+    """The wormhole CLI to drive: P2P_WORMHOLE, else wormhole-william on PATH,
+    else the one install-wormhole fetched, else magic-wormhole's ``wormhole``."""
+    names = [config.wormhole] if config.wormhole else [
+        "wormhole-william", _installed_wormhole(), "wormhole"]
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            if path not in _tools:
+                _tools[path] = _probe_wormhole(path)
+            return _tools[path]
+    if config.wormhole:
+        raise P2PError("P2P_WORMHOLE names %r, which was not found: point it at "
+                       "wormhole-william or magic-wormhole's wormhole" % config.wormhole)
+    raise P2PError(
+        "no wormhole tool was found (neither wormhole-william nor magic-wormhole's "
+        "wormhole is on PATH): run `python -m p2p install-wormhole`, or install it "
+        "yourself (Debian/Ubuntu: apt install wormhole-william; anywhere: pip install "
+        "magic-wormhole), or point P2P_WORMHOLE at it")
+
+
+def _probe_wormhole(path):
+    """What kind of wormhole CLI path is, from its --version."""
+    try:
+        said = subprocess.run([path, "--version"], capture_output=True, text=True,
+                              timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise P2PError("%s does not run (%s): reinstall it, or point P2P_WORMHOLE at "
+                       "a wormhole tool that does" % (path, exc)) from None
+    words = (said.stdout + said.stderr).split()
+    if words[:2] == ["wormhole-william", "version"] and len(words) > 2:
+        return _Tool("wormhole-william", words[2], path)
+    if words[:1] == ["magic-wormhole"] and len(words) > 1:
+        return _Tool("magic-wormhole", words[1], path)
+    raise P2PError("%s is not a wormhole tool we know: `%s --version` said %r; use "
+                   "wormhole-william or magic-wormhole's wormhole"
+                   % (path, os.path.basename(path), " ".join(words)[:100]))
+
+
 def _wormhole(config, words, cwd, timeout, answer=None, running=None, max_file=None):
-    """Run wormhole-william WORDS... in cwd: the one way to run it.
+    """Run the wormhole tool's WORDS... in cwd: the one way to run it.
 
     running, a list, holds the process while it runs, so others can kill it;
     max_file caps the size of the files it writes (where the OS lets us).
     """
-    binary = shutil.which(config.wormhole)
-    if binary is None:
-        raise P2PError(
-            "wormhole-william was not found (looked for %r): install it (Debian/"
-            "Ubuntu: apt install wormhole-william; elsewhere: download it from "
-            "github.com/psanford/wormhole-william/releases) or point P2P_WORMHOLE "
-            "at it" % config.wormhole)
-    argv = [binary] + list(words)
+    tool = _wormhole_tool(config)
+    if tool.kind == "magic-wormhole" and words[0] == "receive":
+        words = words[:1] + ["--accept-file"] + words[1:]  # it asks no question then
+    argv = [tool.path] + list(words)
     if config.debug:
         log.debug("run: %s", shlex.join(argv))
     process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL,
@@ -1048,7 +1131,7 @@ def _receive_file(config, code, name, size, folder, running=None):
                   config.timeout + size / 2e6, answer=b"y\n", running=running,
                   max_file=size)
     except TransferError as exc:
-        if "file too large" not in str(exc):
+        if "file too large" not in str(exc).lower():
             raise
         raise TransferError("the peer sent more than the %d bytes announced for %s"
                             % (size, name)) from None
@@ -1057,6 +1140,84 @@ def _receive_file(config, code, name, size, folder, running=None):
         raise TransferError("the peer sent %s, not the %d bytes of %s that were "
                             "announced" % (os.listdir(folder), size, name))
     return path
+
+
+def _release_file():
+    """The name of wormhole-william's release file for this OS and CPU."""
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64",
+            "arm64": "arm64", "i386": "386", "i686": "386", "x86": "386"}.get(machine)
+    if sys.platform == "darwin":
+        arch = "amd64"  # the only Mac build; Apple silicon runs it under Rosetta
+    elif sys.platform == "win32":
+        arch = "386.exe"  # the only Windows build, which 64-bit Windows runs too
+    system = {"linux": "linux", "darwin": "darwin", "win32": "windows"}.get(
+        sys.platform, sys.platform.rstrip("0123456789"))
+    if arch is None:
+        raise P2PError("wormhole-william publishes no build for %s on %s: install "
+                       "magic-wormhole (pip install magic-wormhole) instead"
+                       % (sys.platform, machine))
+    return "wormhole-william-%s-%s" % (system, arch)
+
+
+def _install_wormhole(base_url=None):
+    """Fetch the pinned wormhole-william into the data directory; its _Tool.
+
+    The file only lands there once it runs and says it is the pinned
+    version; whatever fails first, nothing is left behind.
+    """
+    base_url = (base_url or os.environ.get("P2P_WORMHOLE_DOWNLOADS") or _DOWNLOADS)
+    url = "%s/%s/%s" % (base_url.rstrip("/"), WORMHOLE_RELEASE, _release_file())
+    target = _installed_wormhole()
+    made = []  # the folders we create, to remove again on failure
+    folder = os.path.dirname(target)
+    while not os.path.isdir(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    partial = None
+    try:
+        for folder in reversed(made):
+            os.mkdir(folder)
+        fd, partial = tempfile.mkstemp(prefix=".download-", dir=os.path.dirname(target))
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as answer:
+            shutil.copyfileobj(answer, f)
+            size, announced = f.tell(), answer.headers.get("Content-Length")
+        if announced is not None and size != int(announced):
+            raise P2PError("the download stopped after %d of %s bytes" % (size, announced))
+        os.chmod(partial, 0o755)
+        tool = _probe_wormhole(partial)
+        if tool[:2] != ("wormhole-william", WORMHOLE_RELEASE):
+            raise P2PError("it is %s %s, not wormhole-william %s"
+                           % (tool.kind, tool.version, WORMHOLE_RELEASE))
+        os.replace(partial, target)
+        partial = None
+    except (OSError, ValueError, P2PError, http.client.HTTPException) as exc:
+        raise P2PError("could not install wormhole-william from %s: %s. Nothing was "
+                       "kept; install it yourself (see the README) or point "
+                       "P2P_WORMHOLE at it" % (url, exc)) from None
+    finally:
+        if partial is not None:
+            os.remove(partial)
+            for folder in made:
+                os.rmdir(folder)
+    _tools.pop(target, None)
+    return _Tool("wormhole-william", WORMHOLE_RELEASE, target)
+
+
+def _found_wormhole(config, ask=False):
+    """The wormhole tool (see _wormhole_tool); on a terminal, offer to fetch one."""
+    try:
+        return _wormhole_tool(config)
+    except P2PError as exc:
+        if not (ask and not config.wormhole and sys.stdin.isatty()
+                and sys.stderr.isatty()):
+            raise
+        sys.stderr.write("p2p: %s\np2p: download wormhole-william %s from GitHub into "
+                         "%s now? [y/N] " % (exc, WORMHOLE_RELEASE, _data_dir()))
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            raise
+        return _install_wormhole()
 
 
 # -- worker -------------------------------------------------------------------
@@ -1083,9 +1244,9 @@ def _run_task(task_path, result_path):
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
-        for fd, copy in zip((1, 2), saved):
-            os.dup2(copy, fd)
-            os.close(copy)
+        for fd, kept in zip((1, 2), saved):
+            os.dup2(kept, fd)
+            os.close(kept)
     for name, stream in zip(("stdout", "stderr"), streams):
         stream.seek(0)
         outcome[name] = stream.read().decode(errors="replace")
@@ -1253,6 +1414,10 @@ class _Worker(_Member):
         elif msg.kind == "withdraw" and msg["to"] in self.slots:
             self._abandon(lambda slot: slot.id == msg["to"] and slot.client == msg["id"]
                           and slot.task == msg["task"], "withdrew")
+
+    def about(self):
+        return {"slots": len(self.slots), "done": self.done,
+                "busy": sum(slot.busy for slot in self.slots.values())}
 
     def _abandon(self, whose, why):
         """Stop the tasks of clients that are gone, and free their slots."""
@@ -1487,6 +1652,10 @@ class _Client(_Member):
                 self.heard[msg["id"]] = float("-inf")  # its tasks are lost now
             self.changed.notify_all()
 
+    def about(self):
+        with self.changed:
+            return {"queued": len(self.queue), "running": len(self.tasks)}
+
     def _answer(self, msg):
         task = self.tasks.get(msg["task"])
         if task is None or task.worker != msg["id"]:
@@ -1671,6 +1840,10 @@ class _Client(_Member):
             self._finish(task, error=concurrent.futures.CancelledError(
                 "task %s was withdrawn" % task.id))
 
+    def workers_in_use(self):
+        with self.changed:
+            return len({task.worker for task in self.tasks.values()})
+
     def unfinished(self):
         with self.changed:
             return [t.future for t in list(self.queue) + list(self.tasks.values())
@@ -1693,6 +1866,75 @@ def _call_chunk(fn, chunk):
     return [fn(*args) for args in chunk]
 
 
+class _Progress:
+    """Calls done out of those counted, their rate, the time left and the
+    workers in use, on stderr: on a terminal one line redrawn in place,
+    elsewhere a plain line every 10 s; a last one when all are done."""
+
+    def __init__(self, client, stream=None):
+        self._client = client
+        self._stream = stream or sys.stderr
+        self._tty = self._stream.isatty()
+        self._lock = threading.Lock()
+        self._done = self._total = 0
+        self._sealed = False  # nothing more will be counted
+        self._started = time.monotonic()
+        self._ended = threading.Event()
+        self._thread = threading.Thread(target=self._show, daemon=True,
+                                        name="p2p-progress")
+        self._thread.start()
+
+    def count(self, future, calls=1):
+        with self._lock:
+            self._total += calls
+        future.add_done_callback(lambda _: self._finished(calls))
+
+    def _finished(self, calls):
+        with self._lock:
+            self._done += calls
+            if self._sealed and self._done >= self._total:
+                self._ended.set()
+
+    def seal(self):
+        """Everything is counted: end once it is all done."""
+        with self._lock:
+            self._sealed = True
+            if self._done >= self._total:
+                self._ended.set()
+
+    def close(self):
+        self._ended.set()
+        self._thread.join()
+
+    def _show(self):
+        while not self._ended.wait(0.25 if self._tty else 10.0):
+            self._write(last=False)
+        self._write(last=True)
+
+    def _write(self, last):
+        with self._lock:
+            done, total = self._done, self._total
+        elapsed = time.monotonic() - self._started
+        rate = done / max(elapsed, 1e-9)
+        if last:
+            text = "%d/%d calls done in %.1fs, %.1f/s" % (done, total, elapsed, rate)
+        else:
+            text = "%d/%d calls, %.1f/s, %s left, %d worker(s) in use" % (
+                done, total, rate, "%.0fs" % ((total - done) / rate) if rate else "?",
+                self._client.workers_in_use())
+        if self._tty:
+            filled = 24 * done // total if total else 0
+            text = "\r\x1b[Kp2p [%s%s] %s%s" % ("#" * filled, "-" * (24 - filled), text,
+                                              "\n" if last else "")
+        else:
+            text = "p2p: %s\n" % text
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr went away; the work goes on
+
+
 class Executor(concurrent.futures.Executor):
     """Runs calls on the workers of a p2p cluster (a concurrent.futures.Executor).
 
@@ -1701,22 +1943,27 @@ class Executor(concurrent.futures.Executor):
     whether to trust results, ...); default: from the environment.
     retries: how often a task is assigned anew when its worker is lost or its
     transfer fails (default P2P_RETRIES, else 2).
+    progress: show a progress bar of every call on stderr until shutdown
+    (map can show one for its own calls).
     Joining raises ClusterError within 15 s when the cluster is not hosted or
     you are not on its access list.
     """
 
-    def __init__(self, cluster=None, config=None, retries=None):
+    def __init__(self, cluster=None, config=None, retries=None, progress=False):
         self._config = config or Config()
         user = whoami(self._config)
         self.cluster = Cluster(cluster or _default_cluster(user))
         retries = _number("P2P_RETRIES", retries, RETRIES, int)
+        _found_wormhole(self._config, ask=True)
         self._client = _Client(self._config, self.cluster, user, retries)
         self._shutdown = False
+        self._counting = threading.local()  # a map's own progress bar
         try:
             self._client.start()
         except BaseException:
             self._client.close()
             raise
+        self._progress = _Progress(self._client) if progress else None
 
     def submit(self, fn, /, *args, **kwargs):
         # Pickled straight to a file: a large argument is not copied in memory.
@@ -1733,22 +1980,33 @@ class Executor(concurrent.futures.Executor):
                 os.remove(path)
                 raise RuntimeError("cannot schedule new futures after shutdown")
             self._client.put(_Task(path, by_value, future))
+        progress = getattr(self._counting, "progress", None) or self._progress
+        if progress is not None:
+            progress.count(future, len(args[1]) if fn is _call_chunk else 1)
         return future
 
-    def map(self, fn, *iterables, timeout=None, chunksize=None):
+    def map(self, fn, *iterables, timeout=None, chunksize=None, progress=False):
         """As concurrent.futures' map; calls go to workers chunksize at a time.
 
         By default, when the iterables have a length, it makes about four
         chunks per worker slot it knows of (as multiprocessing's Pool does).
+        progress: show a progress bar of these calls on stderr.
         """
         if chunksize is None:
             chunksize = self._chunksize(iterables)
-        if chunksize <= 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        batches = _batched(zip(*iterables), chunksize)
-        results = super().map(_call_chunk, itertools.repeat(fn), batches,
-                              timeout=timeout)
-        return (value for batch in results for value in batch)
+        own = _Progress(self._client) if progress and self._progress is None else None
+        self._counting.progress = own
+        try:
+            if chunksize <= 1:
+                return super().map(fn, *iterables, timeout=timeout)
+            batches = _batched(zip(*iterables), chunksize)
+            results = super().map(_call_chunk, itertools.repeat(fn), batches,
+                                  timeout=timeout)
+            return (value for batch in results for value in batch)
+        finally:
+            self._counting.progress = None
+            if own is not None:
+                own.seal()
 
     def _chunksize(self, iterables):
         try:
@@ -1770,6 +2028,8 @@ class Executor(concurrent.futures.Executor):
 
         def finish():
             concurrent.futures.wait(unfinished)
+            if self._progress is not None:
+                self._progress.close()
             self._client.close()
 
         if wait:
@@ -1825,10 +2085,11 @@ def submit(fn, /, *args, **kwargs):
     return _default_executor().submit(fn, *args, **kwargs)
 
 
-def map(fn, *iterables, timeout=None, chunksize=None):  # noqa: A001
-    """Like builtins.map, each call run on a worker (see submit)."""
+def map(fn, *iterables, timeout=None, chunksize=None, progress=False):  # noqa: A001
+    """Like builtins.map, each call run on a worker (see submit); progress=True
+    shows a progress bar on stderr."""
     return _default_executor().map(fn, *iterables, timeout=timeout,
-                                   chunksize=chunksize)
+                                   chunksize=chunksize, progress=progress)
 
 
 # -- host ---------------------------------------------------------------------
@@ -1850,6 +2111,8 @@ class _Host:
         self.members = sorted(set(members) - {user})
         self.intruders = []
         self.present = set()
+        self.started = int(time.time())
+        self.until = None  # when watch() will close it, for roll calls
         self.stopped = threading.Event()
         self._rival = threading.Event()
         self._backoff = _Backoff()
@@ -1882,7 +2145,8 @@ class _Host:
             elif msg["user"] in self.members or msg["user"] == self.user:
                 self.board.send("welcome", id=self.id, to=msg["id"],
                                 intruders=self.intruders)
-                log.info("%s joined as a %s (%s)", msg["user"], msg["role"], msg["id"])
+                (log.debug if msg["role"] == "observer" else log.info)(
+                    "%s joined as a %s (%s)", msg["user"], msg["role"], msg["id"])
             else:
                 self.board.send("denied", id=self.id, to=msg["id"], why=(
                     "%s is not a member of %s; ask %s to add you: python -m p2p "
@@ -1890,6 +2154,10 @@ class _Host:
                                                 self.cluster, msg["user"])))
         elif msg.kind == "welcome" and msg["to"] == self.id:
             self._rival.set()
+        elif msg.kind == "who":
+            self.board.send("here", id=self.id, to=msg["id"], role="host", user=self.user,
+                            py=PY, since=self.started,
+                            about={"members": self.members, "until": self.until})
         elif msg.kind == "bye":
             log.info("%s said goodbye", msg["id"])
 
@@ -1903,6 +2171,7 @@ class _Host:
     def watch(self, duration):
         """Keep the list stored and watch for strangers until duration passes."""
         deadline = time.monotonic() + duration
+        self.until = int(time.time() + duration)
         while not self.stopped.wait(min(HOST_CHECK, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
                 break
@@ -1939,6 +2208,211 @@ class _Host:
     def close(self):
         self.stopped.set()
         self.board.close()
+
+
+# -- status and doctor --------------------------------------------------------
+
+DOCTOR_WAIT = 10.0  # seconds each of doctor's network checks may take
+_PROXIES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+            "ALL_PROXY")
+# What each role tells a roll call, and the types we accept from strangers.
+_ABOUT = {
+    "host": {"members": list, "until": (int, type(None))},
+    "worker": {"slots": int, "busy": int, "done": int},
+    "client": {"queued": int, "running": int},
+}
+
+
+class _RollCall(_Member):
+    """Asks everyone on a cluster's board who they are, and notes the answers."""
+
+    role = "observer"
+
+    def __init__(self, config, cluster, user):
+        super().__init__(config, cluster, user, _peer_id(user))
+        self.answers = {}
+
+    def handle(self, msg):
+        if msg.kind == "here" and msg["to"] == self.id:
+            self.answers[msg["id"]] = msg
+
+
+def _census(config, cluster, user, wait=ANSWER_TIMEOUT):
+    """Who is on a cluster now: its host, workers and clients, as they answered."""
+    roll = _RollCall(config, cluster, user)
+    try:
+        roll.join()
+        roll.board.send("who", id=roll.id)
+        time.sleep(wait)  # the time we give everyone to answer
+    finally:
+        roll.leave()
+    found = {"cluster": cluster.name, "personal": cluster.personal, "host": None,
+             "workers": [], "clients": []}
+    for msg in sorted(roll.answers.values(), key=lambda msg: msg["id"]):
+        shape, about = _ABOUT.get(msg["role"]), msg["about"]
+        if shape is None or not all(isinstance(about.get(name), kind)
+                                    for name, kind in shape.items()):
+            continue  # a peer of another version, or one telling tales
+        entry = {"id": msg["id"], "user": msg["user"], "python": msg["py"],
+                 "since": msg["since"]}
+        entry.update((name, about[name]) for name in shape)
+        if msg["role"] == "host":
+            found["host"] = entry
+        else:
+            found[msg["role"] + "s"].append(entry)
+    return found
+
+
+def _show_census(found, out):
+    def when(stamp):
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+
+    host, workers, clients = found["host"], found["workers"], found["clients"]
+    if found["personal"]:
+        print("%s: a personal cluster (no host)" % found["cluster"], file=out)
+    elif host:
+        print("%s: hosted by %s since %s%s; members: %s" % (
+            found["cluster"], host["id"], when(host["since"]),
+            ", until %s" % when(host["until"]) if host["until"] else "",
+            ", ".join(host["members"]) or "none"), file=out)
+    print("%d worker process(es), %d slot(s), %d busy" % (
+        len(workers), sum(w["slots"] for w in workers), sum(w["busy"] for w in workers)),
+        file=out)
+    for w in workers:
+        print("  %s  %d slot(s), %d busy, %d task(s) done, Python %s, since %s" % (
+            w["id"], w["slots"], w["busy"], w["done"], w["python"], when(w["since"])),
+            file=out)
+    print("%d client(s)" % len(clients), file=out)
+    for c in clients:
+        print("  %s  %d queued, %d running, since %s" % (
+            c["id"], c["queued"], c["running"], when(c["since"])), file=out)
+
+
+def _echo(config, user):
+    """Seconds a line written to your own test pipe takes to come back (-r)."""
+    token = secrets.token_hex(8).encode()
+    process = _ssh(config, config.host, ["pipe", "p2p-doctor", "-r"],
+                   stdin=subprocess.PIPE)
+    lines = queue.Queue()
+
+    def read():
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < DOCTOR_WAIT:
+            try:  # again each second: a line written while joining may be lost
+                process.stdin.write(b"p2p doctor " + token + b"\n")
+                process.stdin.flush()
+            except OSError:
+                pass
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise P2PError("the board ended the session at once; ssh said: %s" % (
+                    process.stderr.read().decode(errors="replace").strip() or "nothing"))
+            if token in line:
+                return time.monotonic() - started
+        raise P2PError("a line written to %s/p2p-doctor did not come back within %gs: "
+                       "check P2P_HOST and your network" % (user, DOCTOR_WAIT))
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _reach(address, default_port):
+    """Connect to HOST:PORT, or raise P2PError saying who blocks it."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port or default_port)), DOCTOR_WAIT).close()
+    except (OSError, ValueError) as exc:
+        raise P2PError("cannot connect to %s (%s): a firewall that lets ssh out may "
+                       "block it; ask its admin to allow it, or use another network"
+                       % (address, exc)) from None
+    return "%s accepts connections" % address
+
+
+def _self_transfer(config):
+    """Seconds a small file takes through a wormhole to yourself."""
+    probe = copy.copy(config)
+    probe.timeout = DOCTOR_WAIT
+    folder = tempfile.mkdtemp(prefix="p2p-doctor-")
+    try:
+        for part in ("out", "in"):
+            os.mkdir(os.path.join(folder, part))
+        path = os.path.join(folder, "out", "hello.txt")
+        with open(path, "w") as f:
+            f.write("hello from p2p doctor\n")
+        code = _code(secrets.token_bytes(16))
+        started = time.monotonic()
+        sender = threading.Thread(target=lambda: _send_file(probe, code, path, []),
+                                  daemon=True)
+        sender.start()
+        try:
+            _receive_file(probe, code, "hello.txt", os.path.getsize(path),
+                          os.path.join(folder, "in"))
+        except TransferError as exc:
+            proxies = [name for name in _PROXIES if os.environ.get(name)]
+            if not proxies or "did not finish" not in str(exc):
+                raise
+            raise P2PError(
+                "%s while %s is set: wormhole's link to its mailbox often stalls behind "
+                "an HTTP proxy. Retry without it: env %s python -m p2p doctor (and "
+                "start workers and scripts the same way)" % (
+                    exc, " and ".join(proxies), " ".join("-u " + p for p in proxies))
+            ) from None
+        sender.join(DOCTOR_WAIT)
+        return time.monotonic() - started
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _doctor(config, cluster=None, out=sys.stdout):
+    """Check everything p2p.py needs, one line each; True when all is well."""
+    failed = set()
+
+    def check(name, run, needs=None):
+        if needs in failed:
+            verdict, detail = "skip", "needs " + needs
+        else:
+            try:
+                verdict, detail = "ok", run()
+            except P2PError as exc:
+                verdict, detail = "FAIL", str(exc)
+        print("%-5s %s: %s" % (verdict, name, detail), file=out, flush=True)
+        if verdict != "ok":
+            failed.add(name)
+
+    def board():
+        return "a line to %s/p2p-doctor came back in %.1fs" % (
+            whoami(config), _echo(config, whoami(config)))
+
+    def visit():
+        workers = _census(config, cluster, whoami(config))["workers"]
+        return "reachable as %s; %d worker process(es) with %d slot(s), %d busy%s" % (
+            whoami(config), len(workers), sum(w["slots"] for w in workers),
+            sum(w["busy"] for w in workers),
+            "" if workers else " (start one: python -m p2p worker %s)" % cluster)
+
+    mailbox = urllib.parse.urlsplit(os.environ.get("WORMHOLE_RELAY_URL") or
+                                    "ws://relay.magic-wormhole.io:4000/v1")
+    check("ssh", _require_ssh)
+    check("pico.sh account", lambda: "you are %s on %s" % (
+        whoami(config), config.account_host), needs="ssh")
+    check("board", board, needs="pico.sh account")
+    check("wormhole tool", lambda: "%s %s (%s)" % _wormhole_tool(config))
+    check("mailbox", lambda: _reach(mailbox.netloc, 443 if mailbox.scheme == "wss" else 80))
+    check("transit relay", lambda: _reach("transit.magic-wormhole.io:4001", 4001))
+    check("transfer", lambda: "a file went through a wormhole to you in %.1fs"
+          % _self_transfer(config), needs="wormhole tool")
+    if cluster is not None:
+        check("cluster %s" % cluster, visit, needs="board")
+    return not failed
 
 
 # -- command line -------------------------------------------------------------
@@ -1993,6 +2467,29 @@ def _parser():
     worker.add_argument("--duration", type=_duration, default=3600,
                         help="how long to work (default 1h)")
     commands.add_parser("user", parents=[common], help="print your pico.sh user name")
+    status = commands.add_parser(
+        "status", parents=[common], help="who is on a cluster now",
+        description="Ask everyone on the cluster's board who they are: its host, "
+        "each worker and each client (takes a few seconds).")
+    status.add_argument("cluster", nargs="?", help="owner/name (default P2P_CLUSTER, "
+                        "else your personal cluster)")
+    status.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    doctor = commands.add_parser(
+        "doctor", parents=[common], help="check that everything p2p.py needs works",
+        description="Check ssh, your pico.sh account, the board, the wormhole tool, "
+        "its servers and a transfer to yourself (and a cluster, if named); one line "
+        "each, with the fix for what fails. Exit status 0 when all is well.")
+    doctor.add_argument("cluster", nargs="?", help="also check that you can reach "
+                        "this cluster, owner/name")
+    install = commands.add_parser(
+        "install-wormhole", parents=[common],
+        help="download wormhole-william %s for p2p.py" % WORMHOLE_RELEASE,
+        description="Download wormhole-william %s for this OS and CPU from its "
+        "GitHub releases into %s, where p2p.py finds it." % (WORMHOLE_RELEASE,
+                                                            _data_dir()))
+    install.add_argument("--from", dest="downloads", metavar="URL",
+                         help="where the releases are (P2P_WORMHOLE_DOWNLOADS; "
+                         "default %s)" % _DOWNLOADS)
     return parser
 
 
@@ -2009,6 +2506,16 @@ def main(argv=None):
             args.secret_file)
         config = Config(args.host, args.ssh_args, args.wormhole, args.verbose or None,
                         secret_file=args.secret_file)
+        if args.command == "doctor":
+            cluster = Cluster(args.cluster) if args.cluster else None
+            return 0 if _doctor(config, cluster) else 1
+        if args.command == "install-wormhole":
+            tool = _install_wormhole(args.downloads)
+            print("installed wormhole-william %s as %s" % (tool.version, tool.path))
+            if _wormhole_tool(config).path != tool.path:
+                print("(p2p.py uses %s, found first; unset P2P_WORMHOLE or take it "
+                      "off PATH to use this one)" % _wormhole_tool(config).path)
+            return 0
         user = whoami(config)
         if args.command == "user":
             print(user)
@@ -2024,9 +2531,16 @@ def main(argv=None):
                 host.watch(args.duration)
             finally:
                 host.close()
+        elif args.command == "status":
+            found = _census(config, Cluster(args.cluster or _default_cluster(user)), user)
+            if args.json:
+                print(json.dumps(found, indent=2))
+            else:
+                _show_census(found, sys.stdout)
         elif args.command == "worker":
             if args.workers < 1:
                 raise P2PError("--workers must be 1 or more")
+            _found_wormhole(config, ask=True)
             worker = _Worker(config, Cluster(args.cluster or _default_cluster(user)),
                              user, args.workers)
             worker.serve(args.duration)

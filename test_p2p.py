@@ -25,37 +25,6 @@ from localstack import children_of, wait_until
 from test_localstack import on_channel, parse_ls
 
 
-class Gate:
-    """A FIFO that a task blocks on, reading, until the test opens it: no polling."""
-
-    def __init__(self, path):
-        os.mkfifo(path)
-        self.path = str(path)
-        self._held = None
-
-    def open(self):
-        # Read-write, so this never blocks; held until the test ends, so a
-        # task that opens the FIFO only later still finds the byte.
-        self._held = os.open(self.path, os.O_RDWR)
-        os.write(self._held, b"!")
-
-    def close(self):
-        if self._held is not None:
-            os.close(self._held)
-
-
-@pytest.fixture
-def gate(tmp_path):
-    opened = Gate(tmp_path / "gate")
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def name():
-    return "c" + secrets.token_hex(3)
-
-
 def p2p_command(stack, user, *args, env=None):
     """``python -m p2p ARGS...`` running as user, its output read as it comes."""
     return stack.process(user, [sys.executable, "-m", "p2p"] + list(args), env=env)
@@ -464,22 +433,6 @@ def test_bad_names_and_missing_tools_are_explained(stack):
     refused = stack.run("newcomer", [sys.executable, "-m", "p2p", "user"])
     assert refused.returncode == 1
     assert "create a pico.sh account first" in refused.stderr.lower()
-
-
-def test_a_missing_wormhole_is_explained(stack, name):
-    cluster = "alice/" + name
-    host(stack, cluster, "bob,carol")
-    worker(stack, "carol", cluster)
-    answer = script(stack, "bob", """
-        import os, p2p
-        with p2p.Executor(os.environ["P2P_CLUSTER"]) as ex:
-            try:
-                ex.submit(abs, -1).result(timeout=60)
-            except p2p.P2PError as exc:
-                print(exc)
-    """, env={"P2P_CLUSTER": cluster, "P2P_WORMHOLE": "/nonexistent/wormhole"})
-    assert "wormhole-william was not found" in answer.stdout, answer.stderr
-    assert "apt install wormhole-william" in answer.stdout
 
 
 def test_an_unpicklable_argument_is_refused_at_submit(stack):

@@ -93,11 +93,13 @@ class Service:
 
     def _copy_log(self, ready):
         # Always drain the pipe: a server that cannot write its log stalls.
-        for line in self.process.stdout:
-            self._log.write(line)
-            self._log.flush()
-            if ready in line:
-                self._ready.set()
+        # The log is ours to close: a child outside the group may hold the pipe.
+        with self._log:
+            for line in self.process.stdout:
+                self._log.write(line)
+                self._log.flush()
+                if ready in line:
+                    self._ready.set()
         self._ready.set()
 
     def log_tail(self, lines=20):
@@ -116,7 +118,6 @@ class Service:
         # A server's children (sshd's per-connection processes) share its group.
         _signal_group(self.process, signal.SIGKILL)
         self._reader.join(timeout)
-        self._log.close()
 
 
 def processes_mentioning(text):

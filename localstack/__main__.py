@@ -22,9 +22,11 @@ import tempfile
 from localstack import NEWCOMER, USERS, Stack, namespace
 
 APT_PACKAGES = (
-    "openssh-server", "openssh-client", "wormhole-william",
+    "openssh-server", "openssh-client", "wormhole-william", "magic-wormhole",
     "python3-magic-wormhole-mailbox-server", "magic-wormhole-transit-relay",
     "iproute2", "util-linux", "mount",
+    # pip install . in a venv of Debian's Python, with no network (a test)
+    "python3-venv", "python3-setuptools", "python3-wheel",
 )
 
 
