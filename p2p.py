@@ -278,7 +278,8 @@ def _ssh_output(config, host, words, timeout=30.0):
         raise P2PError("`ssh %s %s` did not answer within %gs: check your network "
                        "and P2P_SSH_ARGS" % (host, " ".join(words), timeout)) from None
     if process.returncode != 0:
-        said = err.decode(errors="replace").strip().rstrip(".") or "nothing"
+        said = "; ".join(line.strip().rstrip(".") for line in err.decode(
+            errors="replace").splitlines() if line.strip()) or "nothing"
         hint = ""
         if "need to create an account" in said:
             hint = " Create a pico.sh account first: run `ssh pico.sh` and pick a user name."
@@ -1174,7 +1175,7 @@ def _install_wormhole(base_url=None):
     while not os.path.isdir(folder):
         made.append(folder)
         folder = os.path.dirname(folder)
-    partial = None
+    partial, installed = None, False
     try:
         for folder in reversed(made):
             os.mkdir(folder)
@@ -1190,16 +1191,18 @@ def _install_wormhole(base_url=None):
             raise P2PError("it is %s %s, not wormhole-william %s"
                            % (tool.kind, tool.version, WORMHOLE_RELEASE))
         os.replace(partial, target)
-        partial = None
+        installed = True
     except (OSError, ValueError, P2PError, http.client.HTTPException) as exc:
         raise P2PError("could not install wormhole-william from %s: %s. Nothing was "
                        "kept; install it yourself (see the README) or point "
                        "P2P_WORMHOLE at it" % (url, exc)) from None
     finally:
-        if partial is not None:
-            os.remove(partial)
+        if not installed:  # also when interrupted
+            if partial is not None:
+                os.remove(partial)
             for folder in made:
-                os.rmdir(folder)
+                if os.path.isdir(folder):
+                    os.rmdir(folder)
     _tools.pop(target, None)
     return _Tool("wormhole-william", WORMHOLE_RELEASE, target)
 
@@ -2384,6 +2387,7 @@ def _doctor(config, cluster=None, out=sys.stdout):
                 verdict, detail = "ok", run()
             except P2PError as exc:
                 verdict, detail = "FAIL", str(exc)
+        detail = " ".join(detail.split("\n"))  # one line per check, always
         print("%-5s %s: %s" % (verdict, name, detail), file=out, flush=True)
         if verdict != "ok":
             failed.add(name)

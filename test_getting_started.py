@@ -78,6 +78,25 @@ def test_doctor_tells_a_newcomer_to_make_a_pico_account_first(stack):
     assert checks["transfer"][0] == "ok"  # wormhole needs no account
 
 
+def test_doctor_tells_an_unknown_host_key_from_an_unknown_user_key(stack, tmp_path):
+    (tmp_path / "known_hosts").write_text("")
+    status, checks = doctor(stack, "bob", env={"P2P_SSH_ARGS": (
+        "-o StrictHostKeyChecking=yes -o UserKnownHostsFile=%s" % (tmp_path / "known_hosts"))})
+    verdict, detail = checks["pico.sh account"]
+    assert (status, verdict) == (1, "FAIL")
+    assert "Host key verification failed" in detail
+    assert "Accept pico.sh's host key once: run `ssh pico.sh` and answer yes" in detail
+    stack._keygen(str(tmp_path / "unknown_key"))
+    with open(stack.ssh_config("bob")) as f:
+        (tmp_path / "ssh_config").write_text(f.read().replace(
+            stack.user_dir("bob") + "/id_ed25519", str(tmp_path / "unknown_key")))
+    status, checks = doctor(stack, "bob", env={
+        "PATH": "/usr/bin:/bin", "P2P_SSH_ARGS": "-F %s" % (tmp_path / "ssh_config")})
+    verdict, detail = checks["pico.sh account"]
+    assert (status, verdict) == (1, "FAIL")
+    assert "Permission denied (publickey)" in detail and "not registered with pico.sh" in detail
+
+
 def test_doctor_tells_mallory_she_is_not_on_the_list(stack, name):
     cluster = "alice/" + name
     host(stack, cluster, "bob")
