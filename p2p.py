@@ -1013,8 +1013,10 @@ def _data_dir():
     elif sys.platform == "darwin":
         base = os.path.expanduser("~/Library/Application Support")
     else:
-        base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(base, "p2p")
+        base = os.environ.get("XDG_DATA_HOME", "")
+        if not os.path.isabs(base):  # the XDG rule: a relative one is ignored
+            base = os.path.expanduser("~/.local/share")
+    return os.path.join(os.path.abspath(base), "p2p")
 
 
 def _installed_wormhole():
@@ -1022,17 +1024,22 @@ def _installed_wormhole():
         ".exe" if sys.platform == "win32" else ""))
 
 
-def _wormhole_tool(config):
-    """The wormhole CLI to drive: P2P_WORMHOLE, else wormhole-william on PATH,
-    else the one install-wormhole fetched, else magic-wormhole's ``wormhole``."""
+def _wormhole_path(config):
+    """Where the wormhole CLI to drive is, or None: P2P_WORMHOLE, else
+    wormhole-william on PATH, else the one install-wormhole fetched, else
+    magic-wormhole's ``wormhole``."""
     names = [config.wormhole] if config.wormhole else [
         "wormhole-william", _installed_wormhole(), "wormhole"]
-    for name in names:
-        path = shutil.which(name)
-        if path is not None:
-            if path not in _tools:
-                _tools[path] = _probe_wormhole(path)
-            return _tools[path]
+    return next(filter(None, (shutil.which(name) for name in names)), None)
+
+
+def _wormhole_tool(config):
+    """The wormhole CLI to drive (see _wormhole_path), or P2PError saying how to get one."""
+    path = _wormhole_path(config)
+    if path is not None:
+        if path not in _tools:
+            _tools[path] = _probe_wormhole(path)
+        return _tools[path]
     if config.wormhole:
         raise P2PError("P2P_WORMHOLE names %r, which was not found: point it at "
                        "wormhole-william or magic-wormhole's wormhole" % config.wormhole)
@@ -1047,7 +1054,7 @@ def _probe_wormhole(path):
     """What kind of wormhole CLI path is, from its --version."""
     try:
         said = subprocess.run([path, "--version"], capture_output=True, text=True,
-                              timeout=30, stdin=subprocess.DEVNULL)
+                              errors="replace", timeout=30, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise P2PError("%s does not run (%s): reinstall it, or point P2P_WORMHOLE at "
                        "a wormhole tool that does" % (path, exc)) from None
@@ -1170,15 +1177,15 @@ def _install_wormhole(base_url=None):
     base_url = (base_url or os.environ.get("P2P_WORMHOLE_DOWNLOADS") or _DOWNLOADS)
     url = "%s/%s/%s" % (base_url.rstrip("/"), WORMHOLE_RELEASE, _release_file())
     target = _installed_wormhole()
-    made = []  # the folders we create, to remove again on failure
-    folder = os.path.dirname(target)
-    while not os.path.isdir(folder):
-        made.append(folder)
-        folder = os.path.dirname(folder)
+    folder = os.path.dirname(target)  # absolute: the loop ends at / at the latest
+    made = None  # the outermost folder we create, removed again on failure
+    if not os.path.isdir(folder):
+        made = folder
+        while not os.path.isdir(os.path.dirname(made)):
+            made = os.path.dirname(made)
     partial, installed = None, False
     try:
-        for folder in reversed(made):
-            os.mkdir(folder)
+        os.makedirs(folder, exist_ok=True)
         fd, partial = tempfile.mkstemp(prefix=".download-", dir=os.path.dirname(target))
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as answer:
             shutil.copyfileobj(answer, f)
@@ -1187,7 +1194,7 @@ def _install_wormhole(base_url=None):
             raise P2PError("the download stopped after %d of %s bytes" % (size, announced))
         os.chmod(partial, 0o755)
         tool = _probe_wormhole(partial)
-        if tool[:2] != ("wormhole-william", WORMHOLE_RELEASE):
+        if (tool.kind, tool.version) != ("wormhole-william", WORMHOLE_RELEASE):
             raise P2PError("it is %s %s, not wormhole-william %s"
                            % (tool.kind, tool.version, WORMHOLE_RELEASE))
         os.replace(partial, target)
@@ -1200,27 +1207,27 @@ def _install_wormhole(base_url=None):
         if not installed:  # also when interrupted
             if partial is not None:
                 os.remove(partial)
-            for folder in made:
-                if os.path.isdir(folder):
-                    os.rmdir(folder)
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
     _tools.pop(target, None)
     return _Tool("wormhole-william", WORMHOLE_RELEASE, target)
 
 
-def _found_wormhole(config, ask=False):
-    """The wormhole tool (see _wormhole_tool); on a terminal, offer to fetch one."""
+def _ensure_wormhole(config):
+    """Make sure there is a wormhole tool; with none, offer to fetch one on a terminal."""
     try:
-        return _wormhole_tool(config)
+        _wormhole_tool(config)
     except P2PError as exc:
-        if not (ask and not config.wormhole and sys.stdin.isatty()
-                and sys.stderr.isatty()):
-            raise
+        terminal = all(stream is not None and stream.isatty()
+                       for stream in (sys.stdin, sys.stderr))
+        if _wormhole_path(config) is not None or not terminal:
+            raise  # a tool that does not run, or nobody to ask
         sys.stderr.write("p2p: %s\np2p: download wormhole-william %s from GitHub into "
                          "%s now? [y/N] " % (exc, WORMHOLE_RELEASE, _data_dir()))
         sys.stderr.flush()
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             raise
-        return _install_wormhole()
+        _install_wormhole()
 
 
 # -- worker -------------------------------------------------------------------
@@ -1957,7 +1964,7 @@ class Executor(concurrent.futures.Executor):
         user = whoami(self._config)
         self.cluster = Cluster(cluster or _default_cluster(user))
         retries = _number("P2P_RETRIES", retries, RETRIES, int)
-        _found_wormhole(self._config, ask=True)
+        _ensure_wormhole(self._config)
         self._client = _Client(self._config, self.cluster, user, retries)
         self._shutdown = False
         self._counting = threading.local()  # a map's own progress bar
@@ -2266,6 +2273,11 @@ def _census(config, cluster, user, wait=ANSWER_TIMEOUT):
     return found
 
 
+def _workers_line(workers):
+    return "%d worker process(es) with %d slot(s), %d busy" % (
+        len(workers), sum(w["slots"] for w in workers), sum(w["busy"] for w in workers))
+
+
 def _show_census(found, out):
     def when(stamp):
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
@@ -2278,9 +2290,9 @@ def _show_census(found, out):
             found["cluster"], host["id"], when(host["since"]),
             ", until %s" % when(host["until"]) if host["until"] else "",
             ", ".join(host["members"]) or "none"), file=out)
-    print("%d worker process(es), %d slot(s), %d busy" % (
-        len(workers), sum(w["slots"] for w in workers), sum(w["busy"] for w in workers)),
-        file=out)
+    else:  # it let us in, so it was there a moment ago
+        print("%s: its host did not answer" % found["cluster"], file=out)
+    print(_workers_line(workers), file=out)
     for w in workers:
         print("  %s  %d slot(s), %d busy, %d task(s) done, Python %s, since %s" % (
             w["id"], w["slots"], w["busy"], w["done"], w["python"], when(w["since"])),
@@ -2328,16 +2340,15 @@ def _echo(config, user):
         process.wait()
 
 
-def _reach(address, default_port):
-    """Connect to HOST:PORT, or raise P2PError saying who blocks it."""
-    host, _, port = address.rpartition(":")
+def _reach(host, port):
+    """Connect to host:port, or raise P2PError saying what may block it."""
     try:
-        socket.create_connection((host, int(port or default_port)), DOCTOR_WAIT).close()
-    except (OSError, ValueError) as exc:
-        raise P2PError("cannot connect to %s (%s): a firewall that lets ssh out may "
+        socket.create_connection((host, port), DOCTOR_WAIT).close()
+    except OSError as exc:
+        raise P2PError("cannot connect to %s:%d (%s): a firewall that lets ssh out may "
                        "block it; ask its admin to allow it, or use another network"
-                       % (address, exc)) from None
-    return "%s accepts connections" % address
+                       % (host, port, exc)) from None
+    return "%s:%d accepts connections" % (host, port)
 
 
 def _self_transfer(config):
@@ -2353,8 +2364,15 @@ def _self_transfer(config):
             f.write("hello from p2p doctor\n")
         code = _code(secrets.token_bytes(16))
         started = time.monotonic()
-        sender = threading.Thread(target=lambda: _send_file(probe, code, path, []),
-                                  daemon=True)
+        sending = []
+
+        def send():
+            try:
+                _send_file(probe, code, path, sending)
+            except P2PError:
+                pass  # the receiver's word counts
+
+        sender = threading.Thread(target=send, daemon=True)
         sender.start()
         try:
             _receive_file(probe, code, "hello.txt", os.path.getsize(path),
@@ -2369,14 +2387,17 @@ def _self_transfer(config):
                 "start workers and scripts the same way)" % (
                     exc, " and ".join(proxies), " ".join("-u " + p for p in proxies))
             ) from None
-        sender.join(DOCTOR_WAIT)
+        finally:
+            _kill(sending)  # no sender left waiting for a receiver that gave up
+            sender.join()
         return time.monotonic() - started
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _doctor(config, cluster=None, out=sys.stdout):
+def _doctor(config, cluster=None, out=None):
     """Check everything p2p.py needs, one line each; True when all is well."""
+    out = out or sys.stdout
     failed = set()
 
     def check(name, run, needs=None):
@@ -2396,22 +2417,35 @@ def _doctor(config, cluster=None, out=sys.stdout):
         return "a line to %s/p2p-doctor came back in %.1fs" % (
             whoami(config), _echo(config, whoami(config)))
 
+    def tool():
+        found = _wormhole_tool(config)
+        return "%s %s (%s)" % (found.kind, found.version, found.path)
+
+    def mailbox():
+        url = urllib.parse.urlsplit(os.environ.get("WORMHOLE_RELAY_URL") or
+                                    "ws://relay.magic-wormhole.io:4000/v1")
+        try:
+            port = url.port or (443 if url.scheme == "wss" else 80)
+        except ValueError:
+            port = None
+        if not url.hostname or port is None:
+            raise P2PError("WORMHOLE_RELAY_URL is not a mailbox URL like "
+                           "ws://HOST:PORT/v1: %r" % url.geturl())
+        return _reach(url.hostname, port)
+
     def visit():
         workers = _census(config, cluster, whoami(config))["workers"]
-        return "reachable as %s; %d worker process(es) with %d slot(s), %d busy%s" % (
-            whoami(config), len(workers), sum(w["slots"] for w in workers),
-            sum(w["busy"] for w in workers),
+        return "reachable as %s; %s%s" % (
+            whoami(config), _workers_line(workers),
             "" if workers else " (start one: python -m p2p worker %s)" % cluster)
 
-    mailbox = urllib.parse.urlsplit(os.environ.get("WORMHOLE_RELAY_URL") or
-                                    "ws://relay.magic-wormhole.io:4000/v1")
     check("ssh", _require_ssh)
     check("pico.sh account", lambda: "you are %s on %s" % (
         whoami(config), config.account_host), needs="ssh")
     check("board", board, needs="pico.sh account")
-    check("wormhole tool", lambda: "%s %s (%s)" % _wormhole_tool(config))
-    check("mailbox", lambda: _reach(mailbox.netloc, 443 if mailbox.scheme == "wss" else 80))
-    check("transit relay", lambda: _reach("transit.magic-wormhole.io:4001", 4001))
+    check("wormhole tool", tool)
+    check("mailbox", mailbox)
+    check("transit relay", lambda: _reach("transit.magic-wormhole.io", 4001))
     check("transfer", lambda: "a file went through a wormhole to you in %.1fs"
           % _self_transfer(config), needs="wormhole tool")
     if cluster is not None:
@@ -2516,9 +2550,10 @@ def main(argv=None):
         if args.command == "install-wormhole":
             tool = _install_wormhole(args.downloads)
             print("installed wormhole-william %s as %s" % (tool.version, tool.path))
-            if _wormhole_tool(config).path != tool.path:
+            used = _wormhole_path(config)
+            if used != tool.path:
                 print("(p2p.py uses %s, found first; unset P2P_WORMHOLE or take it "
-                      "off PATH to use this one)" % _wormhole_tool(config).path)
+                      "off PATH to use this one)" % used)
             return 0
         user = whoami(config)
         if args.command == "user":
@@ -2544,7 +2579,7 @@ def main(argv=None):
         elif args.command == "worker":
             if args.workers < 1:
                 raise P2PError("--workers must be 1 or more")
-            _found_wormhole(config, ask=True)
+            _ensure_wormhole(config)
             worker = _Worker(config, Cluster(args.cluster or _default_cluster(user)),
                              user, args.workers)
             worker.serve(args.duration)

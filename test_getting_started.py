@@ -169,7 +169,7 @@ def test_status_shows_the_host_each_worker_and_each_client(stack, name, gate):
     assert (bob["user"], bob["queued"], bob["running"]) == ("bob", 0, 1)
     text = stack.run("diana", [sys.executable, "-m", "p2p", "status", cluster]).stdout
     assert text.startswith("%s: hosted by %s since " % (cluster, found["host"]["id"]))
-    assert "; members: bob, carol, diana\n1 worker process(es), 1 slot(s), 1 busy\n" in text
+    assert "; members: bob, carol, diana\n1 worker process(es) with 1 slot(s), 1 busy\n" in text
     assert "  %s  1 slot(s), 1 busy, 0 task(s) done, Python %s" % (
         carol["id"], p2p.PY) in text
     assert "1 client(s)\n  %s  0 queued, 1 running, since " % bob["id"] in text

@@ -4,7 +4,7 @@
     python examples/mandelbrot.py           # writes mandelbrot.png
 
     python examples/mandelbrot.py --cluster alice/p2p --width 1920 --height 1080 \\
-        --center -0.7436,0.1318 --span 0.004 --depth 1500
+        --center=-0.7436,0.1318 --span 0.004 --depth 1500
 
 Each tile is a band of rows, computed by a worker in plain Python and sent
 back as PNG scanlines; the PNG is written with zlib and struct alone.

@@ -32,8 +32,8 @@ def main():
     total = sum(count for count, _ in results)
     print("%d primes below %d, in %.1f s, counted by:" % (
         total, limit, time.monotonic() - started))
-    for worker, chunks in sorted(collections.Counter(w for _, w in results).items()):
-        print("  %-30s %d chunks" % (worker, chunks))
+    for worker, ranges in sorted(collections.Counter(w for _, w in results).items()):
+        print("  %-30s %d ranges of %d" % (worker, ranges, step))
 
 
 if __name__ == "__main__":

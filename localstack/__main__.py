@@ -73,7 +73,8 @@ def shell(user, command, fixed=False):
 
 
 def demo():
-    """alice hosts, carol contributes two workers, bob runs examples/primes.py."""
+    """alice hosts, carol contributes two workers, bob runs examples/primes.py,
+    diana asks who is there."""
     workdir = tempfile.mkdtemp(prefix="localstack-")
     python = [sys.executable, "-m", "p2p"]
     cluster = "alice/p2p"
@@ -91,6 +92,9 @@ def demo():
             example = os.path.join(namespace.REPO, "examples", "primes.py")
             answer = stack.run("bob", [sys.executable, example, cluster], timeout=600)
             print(answer.stdout + answer.stderr)
+            print("$ (diana) python -m p2p status %s" % cluster, flush=True)
+            status = stack.run("diana", python + ["status", cluster])
+            print(status.stdout + status.stderr)
             for title, process in (("alice's host", host), ("carol's workers", worker)):
                 print("%s said:\n%s" % (title, process.errors.decode()))
             return answer.returncode
