@@ -45,7 +45,6 @@ import copy
 import dis
 import hashlib
 import hmac
-import http.client
 import importlib
 import io
 import itertools
@@ -69,7 +68,6 @@ import time
 import traceback
 import types
 import urllib.parse
-import urllib.request
 import warnings
 
 try:
@@ -1174,6 +1172,8 @@ def _install_wormhole(base_url=None):
     The file only lands there once it runs and says it is the pinned
     version; whatever fails first, nothing is left behind.
     """
+    import http.client  # here, not at the top: with ssl they weigh 7 MB
+    import urllib.request
     base_url = (base_url or os.environ.get("P2P_WORMHOLE_DOWNLOADS") or _DOWNLOADS)
     url = "%s/%s/%s" % (base_url.rstrip("/"), WORMHOLE_RELEASE, _release_file())
     target = _installed_wormhole()
