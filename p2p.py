@@ -1199,6 +1199,7 @@ def _install_wormhole(base_url=None):
                            % (tool.kind, tool.version, WORMHOLE_RELEASE))
         os.replace(partial, target)
         installed = True
+        _tools[target] = tool._replace(path=target)  # probed already, as it is
     except (OSError, ValueError, P2PError, http.client.HTTPException) as exc:
         raise P2PError("could not install wormhole-william from %s: %s. Nothing was "
                        "kept; install it yourself (see the README) or point "
@@ -1209,8 +1210,7 @@ def _install_wormhole(base_url=None):
                 os.remove(partial)
             if made is not None:
                 shutil.rmtree(made, ignore_errors=True)
-    _tools.pop(target, None)
-    return _Tool("wormhole-william", WORMHOLE_RELEASE, target)
+    return _tools[target]
 
 
 def _ensure_wormhole(config):
@@ -2473,7 +2473,8 @@ def _parser():
                         "pipe.pico.sh)")
     common.add_argument("--ssh-args", help="extra ssh arguments, e.g. '-J somehost' "
                         "(P2P_SSH_ARGS)")
-    common.add_argument("--wormhole", help="the wormhole-william binary (P2P_WORMHOLE)")
+    common.add_argument("--wormhole", help="the wormhole tool: wormhole-william or "
+                        "magic-wormhole's wormhole (P2P_WORMHOLE)")
     common.add_argument("--secret-file", help="the file holding the cluster's secret "
                         "(P2P_SECRET_FILE); a host writes a new one if it is missing")
     common.add_argument("-v", "--verbose", action="store_true",
