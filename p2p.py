@@ -2261,7 +2261,8 @@ def _census(config, cluster, user, wait=ANSWER_TIMEOUT):
     for msg in sorted(roll.answers.values(), key=lambda msg: msg["id"]):
         shape, about = _ABOUT.get(msg["role"]), msg["about"]
         if shape is None or not all(isinstance(about.get(name), kind)
-                                    for name, kind in shape.items()):
+                                    for name, kind in shape.items()) or not all(
+                isinstance(member, str) for member in about.get("members", [])):
             continue  # a peer of another version, or one telling tales
         entry = {"id": msg["id"], "user": msg["user"], "python": msg["py"],
                  "since": msg["since"]}
