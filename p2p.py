@@ -11,28 +11,26 @@
     print(f.result())              # a worker's pid
 
 Peers meet on a pico.sh pipe (``ssh pipe.pico.sh pipe TOPIC``), a message
-board where each message is one short line. Tasks and results never go
-through the board: they travel peer to peer with wormhole-william
-(magic-wormhole, end-to-end encrypted), under codes that only the two peers
-of a transfer can compute.
+board of short lines. Every task and result is sealed in-process
+(encrypted and authenticated) under a key only its client and worker can
+compute; small ones ride the board itself, large ones go peer to peer with
+wormhole-william.
 
-How a task travels:
+How a task travels (one board round trip):
 
     client                         board                        worker
-      |  <------------------------ idle W ------------------------- |
-      |  -- assign T to W, g^a ------------------------------------> |
-      |  <----------------------- accept T, g^b -------------------- |
-      |  == wormhole: task, code from g^ab ========================> |
-      |  <----------------------- result T ------------------------- |
-      |  <========================= wormhole: result, code from g^ab |
+      |  <------------------- idle W, key share g^b --------------- |
+      |  -- assign T to W, g^a, the task sealed -----------------> |  runs T
+      |  <-------------------- result T, sealed ------------------- |
+      |  -- took T ------------------------------------------------> |
 
-Three board lines per task, whatever the number of workers. Functions and
-classes that pickle cannot send by reference (lambdas, closures, those of
-``__main__``) are sent by value. Each task runs in a child process of its
-worker, so a task that crashes fails alone. A client loads results with a
-restricted unpickler unless told to trust the cluster (P2P_TRUST=1); with a
-cluster secret (P2P_SECRET_FILE) every board line is signed and every code
-depends on the secret, so strangers on the board can do nothing.
+Functions and classes that pickle cannot send by reference (lambdas,
+closures, those of ``__main__``) are sent by value. Each task runs in a
+child process of its worker, so a task that crashes fails alone. A client
+loads results with a restricted unpickler unless told to trust the cluster
+(P2P_TRUST=1); with a cluster secret (P2P_SECRET_FILE) every board line is
+signed and every key depends on the secret, so strangers on the board can
+do nothing.
 """
 
 import argparse
@@ -41,6 +39,7 @@ import base64
 import builtins
 import collections
 import concurrent.futures
+import contextlib
 import copy
 import dis
 import hashlib
@@ -123,14 +122,25 @@ class _RemoteTraceback(Exception):
 PY = "%d.%d" % sys.version_info[:2]  # by-value code runs only on the same minor
 JOIN_TIMEOUT = 15.0  # seconds to find a cluster's host before giving up
 ANSWER_TIMEOUT = 3.0  # seconds to wait for a host's welcome on one connection
-ASSIGN_TIMEOUT = 10.0  # seconds for a worker to accept an assignment
 HOST_CHECK = 3.0  # seconds between the host's looks at ls
 IDLE_EVERY = 15.0  # seconds between an idle worker's announcements
 ALIVE_EVERY = 5.0  # seconds between the "alive" lines of a peer with work in flight
 LOST_AFTER = 20.0  # seconds of silence after which such a peer is lost
 RETRIES = 2  # default: new assignments of a task after its worker or transfer failed
+# Sealed payloads up to this size ride the board; larger ones go by wormhole.
+# Measured on the local stack (bench/RESULTS.md): 64 KiB crosses the board in
+# 11 lines in ~15 ms on loopback (+80 ms on the internet profile), while the
+# smallest wormhole transfer costs 0.2 s on loopback and 1.7 s there; every
+# member hears every board byte, so the board takes no more than that.
+BOARD_MAX = 64 * 1024
+_PIECE = 6 * 1024  # payload bytes per board line: 8 KiB of base64
+MAX_LINE = 9 * 1024  # longer board lines are noise
+# Tasks a worker slot holds at once: one running, two in hand. One in hand
+# is what keeps a slot from waiting a board round trip between tasks; the
+# second covers a round trip of 160 ms when tasks take less than that. A
+# deeper queue lets one slot hoard tasks another could run.
+DEPTH = 3
 _LOST_TASK = "the task did not arrive"  # a worker's decline after a failed transfer
-MAX_LINE = 4096  # longer board lines are noise
 
 
 class Config:
@@ -326,20 +336,19 @@ def _machine_of(peer_id):
 # -- board --------------------------------------------------------------------
 
 class _Board:
-    """One ssh pipe to a cluster's board; it reconnects when the server drops it.
+    """One ssh pipe to a cluster's board.
 
-    Lines that do not parse (pieces of lines cut by the server, noise,
-    other versions) are dropped; every other message goes to on_message,
-    in the reader thread, which must not block.
+    Its reader thread only frames lines: each complete line, and the end of
+    each session ("drop"), goes to the peer's inbox, where the peer's own
+    thread decides what they mean. A line longer than MAX_LINE (a piece of
+    a line the server cut, glued to another writer's) is skipped whole.
     """
 
-    def __init__(self, config, channel, on_message, on_drop, access=None, key=None):
+    def __init__(self, config, channel, inbox, access=None):
         self.config = config
         self.channel = channel
         self.access = access
-        self.key = key  # signs our lines and tells others' apart
-        self.on_message = on_message
-        self.on_drop = on_drop
+        self.inbox = inbox
         self._process = None
         self._lock = threading.Lock()
         self._closed = False
@@ -360,11 +369,10 @@ class _Board:
         threading.Thread(target=self._read_errors, args=(process, self._errors),
                          daemon=True, name="p2p-board-errors").start()
 
-    def send(self, kind, signed=True, **fields):
-        """Write one message; a message written while disconnected is lost."""
-        line = _encode(kind, self.key if signed else None, **fields)
+    def send(self, line):
+        """Write lines; what is written while disconnected is lost."""
         if self.config.debug:
-            log.debug("send: %s", line.decode().rstrip())
+            log.debug("send: %s", line[:300].decode(errors="replace").rstrip())
         with self._lock:
             try:
                 self._process.stdin.write(line)
@@ -399,27 +407,28 @@ class _Board:
             self._process = None
 
     def _read(self, process):
-        pending = b""
+        pending, skipping = b"", False
         for chunk in iter(lambda: process.stdout.read1(65536), b""):
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
-            if len(pending) > MAX_LINE:
-                pending = b""
             for line in lines:
-                message = _decode(line, self.key)
-                if self.config.debug:
-                    log.debug("board: %s", line[:300].decode(errors="replace")
-                              if message else "noise %r" % line[:80])
-                if message is not None:
-                    self.on_message(message)
+                if not skipping and self.inbox is not None:
+                    self.inbox.put(line)
+                skipping = False
+            if len(pending) > MAX_LINE:
+                pending, skipping = b"", True
         with self._lock:
             current = process is self._process and not self._closed
-        if current:
-            self.on_drop()
+        if current and self.inbox is not None:
+            self.inbox.put(_DROP)
 
     def _read_errors(self, process, errors):
         for line in process.stderr:
             errors.append(line.decode(errors="replace").strip())
+
+    def running(self):
+        with self._lock:
+            return self._process is not None and self._process.poll() is None
 
     def failure(self):
         """What ssh said, when the current session ended with an error."""
@@ -428,6 +437,9 @@ class _Board:
         if process is None or process.poll() is None or not errors:
             return None  # running, or dropped by the server (no message)
         return "; ".join(errors)
+
+
+_DROP = "drop"  # in an inbox: the board ended our session
 
 
 class _Backoff:
@@ -462,8 +474,131 @@ def _ls(config):
     return channels
 
 
-class _Member:
-    """A process's presence on a cluster's board: joins, checks, rejoins.
+class _Peer:
+    """A process on a cluster's board, and the one thread that acts for it.
+
+    Everything a peer hears (board lines, the end of a session) and
+    everything it is asked to do by other threads (a task submitted, a
+    transfer done) lands in its inbox; its loop handles one item at a time
+    under self.lock, and calls tick() twice a second. A handler that fails
+    is logged with what it was handling, and the peer goes on.
+    """
+
+    role = "peer"
+    TICK = 0.5
+
+    def __init__(self, config, cluster, user, peer_id, access=None):
+        self.config = config
+        self.cluster = cluster
+        self.user = user
+        self.id = peer_id
+        self.key, self.salt = _keys(config.secret, cluster)
+        self.inbox = queue.Queue()
+        self.lock = threading.RLock()
+        self.board = _Board(config, cluster.channel, self.inbox, access)
+        self.heard = {}  # peer process id -> when we last heard from it
+        self._versions = set()  # other protocol versions heard, told once each
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name="p2p-" + self.role)
+        self._stopped = False
+
+    def start_loop(self):
+        self._thread.start()
+
+    def stop_loop(self):
+        self._stopped = True
+        self.inbox.put(None)
+        if threading.current_thread() is not self._thread and self._thread.is_alive():
+            self._thread.join(10.0)
+
+    def post(self, action, *args):
+        """Have the peer's thread run action(*args)."""
+        self.inbox.put((action, args))
+
+    def call(self, action, *args, timeout=30.0):
+        """Run action(*args) on the peer's thread and wait for it."""
+        if threading.current_thread() is self._thread or not self._thread.is_alive():
+            with self.lock:
+                return action(*args)
+        done, answer = threading.Event(), []
+
+        def run():
+            try:
+                answer.append(action(*args))
+            finally:
+                done.set()
+
+        self.post(run)
+        if not done.wait(timeout) or not answer:
+            raise P2PError("p2p.py's board thread did not do its part within %gs; "
+                           "run with P2P_DEBUG=1 to see why" % timeout)
+        return answer[0]
+
+    def say(self, kind, to="*", signed=True, **fields):
+        self.board.send(_encode(kind, to, self.key if signed else None, **fields))
+
+    def wants(self, kind, to):
+        """Whether a line of this kind, to this peer id, concerns us (decoded only then)."""
+        return to == "*" or to == self.id
+
+    def tick(self):
+        """Called twice a second on the peer's thread."""
+
+    def _loop(self):
+        next_tick = time.monotonic() + self.TICK
+        while not self._stopped:
+            try:
+                item = self.inbox.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                item = None
+            with self.lock:
+                try:
+                    if isinstance(item, bytes):
+                        self._hear(item)
+                    elif item == _DROP:
+                        self.on_drop()
+                    elif item is not None:
+                        action, args = item
+                        action(*args)
+                    if time.monotonic() >= next_tick and not self._stopped:
+                        next_tick = time.monotonic() + self.TICK
+                        self.tick()
+                except Exception:
+                    shown = item[:300] if isinstance(item, bytes) else item
+                    log.exception("%s: failed while handling %r; going on", self.role, shown)
+
+    def _hear(self, line):
+        msg = _decode(line, self.key, self.wants)
+        if msg is None:
+            return
+        if isinstance(msg, _OtherVersion):
+            if msg.version not in self._versions:
+                self._versions.add(msg.version)
+                log.warning("a peer on %s speaks protocol %s, we speak %d: everyone on a "
+                            "cluster needs a p2p.py of the same protocol; upgrade %s",
+                            self.cluster, msg.version, _VERSION, "ours" if
+                            msg.version.isdigit() and int(msg.version) > _VERSION else
+                            "theirs")
+            return
+        if self.config.debug:
+            log.debug("board: %s", line[:300].decode(errors="replace"))
+        if not msg.authentic:
+            self.on_unsigned(msg)
+            return
+        self.heard[_process_of(msg["id"])] = time.monotonic()
+        handler = getattr(self, "_on_" + msg.kind, None)
+        if handler is not None:
+            handler(msg)
+
+    def on_unsigned(self, msg):
+        """A well-formed line without our cluster's signature: it counts for nothing."""
+
+    def on_drop(self):
+        """The board ended our session."""
+
+
+class _Member(_Peer):
+    """A member's presence on a cluster's board: joins, checks, rejoins.
 
     pico.sh puts anyone who is not on the host's access list on a channel
     of their own, silently. So a member is joined only when the host has
@@ -474,10 +609,7 @@ class _Member:
     role = "client"
 
     def __init__(self, config, cluster, user, peer_id):
-        self.config = config
-        self.cluster = cluster
-        self.user = user
-        self.id = peer_id
+        super().__init__(config, cluster, user, peer_id)
         self.intruders = []
         self._welcome = threading.Event()
         self._denied = None
@@ -485,21 +617,20 @@ class _Member:
         self._closing = False
         self._joining = False
         self._backoff = _Backoff()
+        self._preconnected = False  # the board's first session is open already
         self.started = int(time.time())
-        self.heard = {}  # peer process id -> when we last heard from it
         # None while our own link is down: peers are not silent, we are deaf.
         self.online_since = None
-        key, self.salt = _keys(config.secret, cluster)
-        self.board = _Board(config, cluster.channel, self._on_message, self._on_drop,
-                            key=key)
 
     @property
     def exposed(self):
         """A non-member is on the board, and no secret keeps them from acting."""
-        return bool(self.intruders) and self.board.key is None
+        return bool(self.intruders) and self.key is None
 
     def join(self, timeout=JOIN_TIMEOUT):
         """Connect and make sure we are on the cluster's channel, or raise."""
+        if not self._thread.is_alive():
+            self.start_loop()
         deadline = time.monotonic() + timeout
         self._joining = True
         try:
@@ -527,9 +658,11 @@ class _Member:
     def _try_join(self):
         owner = self.user == self.cluster.owner
         if self.cluster.personal and owner:
-            self.board.connect()
-            self.board.send("hello", id=self.id, role=self.role, user=self.user, py=PY)
-            self._joined()
+            if not self._preconnected:
+                self.board.connect()
+            self._preconnected = False
+            self._say_hello()
+            self.post(self._joined)
             return True
         if owner and not self._host_holds_list():
             time.sleep(1.0)  # wait for the host; connecting now would lock members out
@@ -540,11 +673,14 @@ class _Member:
             self.board.disconnect()  # we stored an empty list: step aside
             time.sleep(1.0)
             return False
-        self.board.send("hello", id=self.id, role=self.role, user=self.user, py=PY)
+        self._say_hello()
         if self._welcome.wait(ANSWER_TIMEOUT) and not self._denied:
-            self._joined()
+            self.post(self._joined)
             return True
         return False
+
+    def _say_hello(self):
+        self.say("hello", id=self.id, role=self.role, user=self.user, py=PY)
 
     def _host_holds_list(self):
         listed, _ = _ls(self.config).get(self.cluster.channel, (None, []))
@@ -565,44 +701,44 @@ class _Member:
                self.cluster.owner, self.cluster, self.user))
 
     def _joined(self):
-        """Called once connected and welcomed (again after each reconnect)."""
+        """Called on the peer's thread once welcomed (again after each reconnect)."""
 
-    def _on_message(self, msg):
-        if not msg.authentic:
-            if msg.kind == "denied" and msg["to"] == self.id:
-                self._hint = msg["why"]
-            return
-        self.heard[_process_of(msg["id"])] = time.monotonic()
-        if msg.get("to") == self.id and msg.kind == "welcome":
+    def on_unsigned(self, msg):
+        if msg.kind == "denied" and msg.to == self.id:
+            self._hint = msg["why"]
+
+    def _on_welcome(self, msg):
+        if msg.to == self.id:
             self.intruders = msg["intruders"]
             self._welcome.set()
-        elif msg.get("to") == self.id and msg.kind == "denied":
+
+    def _on_denied(self, msg):
+        if msg.to == self.id:
             self._denied = "%s: %s" % (self.cluster, msg["why"])
             self._welcome.set()
-            self._on_denied()
-        elif msg.kind == "intruders" and msg["users"] != self.intruders:
-            self.intruders = msg["users"]
-            self._on_intruders()
-        elif msg.kind == "who" and self.role != "observer":
-            self.board.send("here", id=self.id, to=msg["id"], role=self.role,
-                            user=self.user, py=PY, since=self.started, about=self.about())
-        else:
-            self.handle(msg)
+            self.denied()
 
-    def handle(self, msg):
-        """A board message for this kind of member."""
+    def _on_intruders(self, msg):
+        if msg["users"] != self.intruders:
+            self.intruders = msg["users"]
+            self.intruders_changed()
+
+    def _on_who(self, msg):
+        if self.role != "observer":
+            self.say("here", to=msg["id"], id=self.id, role=self.role, user=self.user,
+                     py=PY, since=self.started, about=self.about())
 
     def about(self):
         """What this member tells a roll call (python -m p2p status)."""
         return {}
 
-    def _on_denied(self):
+    def denied(self):
         """The host said we are not a member."""
 
-    def _on_intruders(self):
+    def intruders_changed(self):
         """The host's list of non-members on the board changed."""
 
-    def _on_drop(self):
+    def on_drop(self):
         self.online_since = None
         if self._closing or self._joining:
             return  # joining retries by itself
@@ -626,47 +762,67 @@ class _Member:
     def leave(self):
         if not self._closing:
             self._closing = True
-            self.board.send("bye", id=self.id)
+            self.say("bye", id=self.id)
             self.board.close()
+        self.stop_loop()
 
 
 # -- wire messages ------------------------------------------------------------
 
-_PREFIX = b"p2p1 "
-# Each kind's fields and their types; other fields are ignored.
+# A board line: b"p2p2 KIND TO {json}[ SIGNATURE]\n". Kind and addressee come
+# first, so a peer skips lines for others without parsing them; TO is a peer
+# id, or * for everyone. With a cluster key, the signature covers the rest.
+_VERSION = 2
+_PREFIX = b"p2p%d " % _VERSION
+_NAMES = "names"  # a field type: a list of strings
+# Each kind's fields and their types (other fields are ignored); whoever
+# handles a kind does it in its method _on_KIND.
 _MESSAGES = {
-    "hello": {"id": str, "role": str, "user": str, "py": str},
-    "welcome": {"id": str, "to": str, "intruders": list},
-    "denied": {"id": str, "to": str, "why": str},
-    "intruders": {"id": str, "users": list},
-    "idle": {"id": str, "py": str},
-    "assign": {"id": str, "to": str, "task": str, "dh": str, "py": str, "size": int},
-    "accept": {"id": str, "to": str, "task": str, "dh": str},
-    "decline": {"id": str, "to": str, "task": str, "why": str},
-    "result": {"id": str, "to": str, "task": str, "size": int},
-    "withdraw": {"id": str, "to": str, "task": str},
-    "alive": {"id": str},
-    "bye": {"id": str},
-    "who": {"id": str},  # a roll call: every peer answers "here"
-    "here": {"id": str, "to": str, "role": str, "user": str, "py": str, "since": int,
-             "about": dict},
+    "hello": {"id": str, "role": str, "user": str, "py": str},  # host; workers
+    "welcome": {"id": str, "intruders": _NAMES},  # members
+    "denied": {"id": str, "why": str},  # members
+    "intruders": {"id": str, "users": _NAMES},  # members
+    # A worker slot can take `free` more tasks, sealed for its key share dh.
+    "idle": {"id": str, "py": str, "dh": str, "free": int},  # clients
+    # A task, sealed: `of` pieces of data on the board (0: it comes by wormhole).
+    "assign": {"id": str, "task": str, "dh": str, "py": str, "size": int,
+               "n": int, "of": int, "data": str},  # workers; other clients
+    # These four also carry a tag only the task's two peers can make (_tag).
+    "decline": {"id": str, "task": str, "why": str, "tag": str},  # clients
+    "result": {"id": str, "task": str, "size": int, "free": int,
+               "n": int, "of": int, "data": str, "tag": str},  # clients
+    "took": {"id": str, "task": str, "tag": str},  # workers: the result arrived
+    "withdraw": {"id": str, "task": str, "tag": str},  # workers
+    "alive": {"id": str, "held": _NAMES},  # everyone; held: a worker's tasks
+    "bye": {"id": str},  # everyone
+    "who": {"id": str},  # everyone: a roll call, answered with "here"
+    "here": {"id": str, "role": str, "user": str, "py": str, "since": int,
+             "about": dict},  # observers
 }
+_BIGGEST = 1 << 48  # no number on the board is larger (nor negative)
 
 
 class _Message(dict):
-    """A decoded board message: msg.kind, msg["field"], msg.authentic."""
+    """A decoded board line: msg.kind, msg.to, msg["field"], msg.authentic."""
 
     authentic = True  # signed with the cluster's key, or neither has one
 
-    @property
-    def kind(self):
-        return self["k"]
+    def __init__(self, kind, to, fields):
+        super().__init__(fields)
+        self.kind, self.to = kind, to
 
 
-def _encode(kind, key=None, **fields):
+class _OtherVersion:
+    """A line of another version of the protocol."""
+
+    def __init__(self, version):
+        self.version = version
+
+
+def _encode(kind, to="*", key=None, **fields):
     """A board line; with a cluster key it ends with its signature."""
-    fields["k"] = kind
-    line = _PREFIX + json.dumps(fields, separators=(",", ":")).encode()
+    line = b"%s%s %s %s" % (_PREFIX, kind.encode(), to.encode(),
+                            json.dumps(fields, separators=(",", ":")).encode())
     if key is not None:
         line += b" " + _signature(key, line)
     return line + b"\n"
@@ -676,30 +832,47 @@ def _signature(key, line):
     return hmac.new(key, line, "sha256").hexdigest()[:32].encode()
 
 
-def _decode(line, key=None):
-    """The message on a board line, or None for anything malformed."""
+def _decode(line, key=None, wants=None):
+    """The message on a board line, or None for anything malformed (or, when
+    wants(kind, to) says so, not ours); an _OtherVersion for other versions."""
     line = line.strip()
-    if not line.startswith(_PREFIX) or len(line) > MAX_LINE:
+    if not line.startswith(_PREFIX):
+        version = line[3:line.find(b" ")] if line.startswith(b"p2p") else b""
+        if version.isdigit() and len(version) < 4:
+            return _OtherVersion(version.decode())
+        return None
+    head = line.split(b" ", 3)
+    if len(head) < 4 or len(line) > MAX_LINE:
+        return None
+    kind, to, body = head[1].decode(errors="replace"), head[2].decode(errors="replace"), head[3]
+    if kind not in _MESSAGES or (wants is not None and not wants(kind, to)):
         return None
     signature = None
-    if not line.endswith(b"}"):
-        line, _, signature = line.rpartition(b" ")
+    if not body.endswith(b"}"):
+        body, _, signature = body.rpartition(b" ")
+        line = line[:len(line) - len(signature) - 1]
     try:
-        fields = json.loads(line[len(_PREFIX):])
-    except ValueError:
+        fields = json.loads(body)
+    except (ValueError, RecursionError):  # deep nesting is a RecursionError
         return None
-    if not isinstance(fields, dict) or fields.get("k") not in _MESSAGES:
+    if not isinstance(fields, dict) or not all(
+            _fits(fields.get(name), kind) for name, kind in _MESSAGES[kind].items()):
         return None
-    for name, kind in _MESSAGES[fields["k"]].items():
-        if not isinstance(fields.get(name), kind) or isinstance(fields.get(name), bool):
-            return None
-    message = _Message(fields)
+    message = _Message(kind, to, fields)
     if key is None:
         message.authentic = signature is None
     else:
         message.authentic = signature is not None and hmac.compare_digest(
             signature, _signature(key, line))
     return message
+
+
+def _fits(value, kind):
+    if kind is _NAMES:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind is int:
+        return type(value) is int and 0 <= value < _BIGGEST
+    return isinstance(value, kind)
 
 
 # -- serialization ------------------------------------------------------------
@@ -955,8 +1128,11 @@ def _describe_unpicklable(fn, args, kwargs):
 
 # -- transfer -----------------------------------------------------------------
 
-# RFC 3526 group 14: Diffie-Hellman over the board gives each task's two
-# peers wormhole codes that no one else on the board can compute.
+# RFC 3526 group 14: each worker and each client has a Diffie-Hellman key
+# share, said on the board (in idle and assign lines); the key of each
+# payload between two peers comes from their shared secret (and the
+# cluster's secret, where it has one), which no one else on the board can
+# compute.
 _DH_PRIME = int(
     "FFFFFFFFFFFFFFFFC90FDAA22168C234C4C6628B80DC1CD129024E088A67CC74"
     "020BBEA63B139B22514A08798E3404DDEF9519B3CD3A431B302B0A6DF25F1437"
@@ -969,32 +1145,200 @@ _DH_PRIME = int(
 
 
 class _KeyShare:
-    """One side of a Diffie-Hellman exchange."""
+    """One peer's side of its Diffie-Hellman exchanges, for its whole life."""
 
     def __init__(self):
         self._secret = secrets.randbits(256) | (1 << 255)
         public = pow(2, self._secret, _DH_PRIME)
         self.public = base64.b64encode(public.to_bytes(256, "big")).decode()
+        self._roots = {}  # (peer's share, salt) -> the key we share
 
-    def codes(self, peer_public, task, salt=b""):
-        """(task code, result code) shared with the peer, or P2PError.
+    def root(self, peer_public, salt=b""):
+        """The key shared with the peer whose share this is, or P2PError."""
+        if (peer_public, salt) not in self._roots:
+            try:
+                value = int.from_bytes(base64.b64decode(peer_public, validate=True), "big")
+            except ValueError:
+                value = 0
+            # In the subgroup of prime order (p-1)/2 that 2 generates, or a
+            # peer could steer the shared secret into a tiny subgroup.
+            if not (1 < value < _DH_PRIME - 1 and
+                    pow(value, (_DH_PRIME - 1) // 2, _DH_PRIME) == 1):
+                raise P2PError("a peer sent an invalid key share")
+            shared = pow(value, self._secret, _DH_PRIME).to_bytes(256, "big")
+            if len(self._roots) > 4096:
+                self._roots.clear()
+            self._roots[peer_public, salt] = hmac.new(salt or b"p2p", shared,
+                                                      "sha256").digest()
+        return self._roots[peer_public, salt]
 
-        salt, from the cluster's secret, keeps them from anyone without it.
-        """
+
+def _payload_key(root, task, what):
+    """The key of one payload: what is b"task" or b"result" (or b"lines", for _tag)."""
+    return hmac.new(root, what + b" " + task.encode(), "sha256").digest()
+
+
+def _tag(key, kind, sender, task):
+    """What proves a line about a task came from one of its two peers: a cluster
+    key only proves it came from some member, who could end others' tasks."""
+    return hmac.new(key, ("%s %s %s" % (kind, sender, task)).encode(),
+                    "sha256").hexdigest()[:32]
+
+
+def _tagged(msg, key):
+    return key is not None and hmac.compare_digest(
+        msg["tag"], _tag(key, msg.kind, msg["id"], msg["task"]))
+
+
+# A sealed payload is MAGIC, a random nonce, the payload XORed with a
+# SHAKE-256 keystream, and an HMAC-SHA256 tag over all that (encrypt, then
+# MAC). SHAKE-256 of key || nonce || block number is a pseudorandom function
+# (it is how KMAC and cSHAKE build one), so the keystream is a stream cipher;
+# the tag, under a second key, is checked in constant time before a byte of
+# the payload is used, and encrypt-then-MAC with a secure MAC is what makes
+# a forged or altered payload fail (Bellare and Namprempre, 2000). Keys are
+# never reused across payloads: each one is derived from its task's id.
+_SEAL_MAGIC = b"p2s1"
+_NONCE = 16
+_TAG = 32
+SEAL_OVERHEAD = len(_SEAL_MAGIC) + _NONCE + _TAG
+_BLOCK = 1 << 20  # bytes of keystream per SHAKE-256 call
+
+
+def _seal_keys(key):
+    return (hmac.new(key, b"encrypt", "sha256").digest(),
+            hmac.new(key, b"authenticate", "sha256").digest())
+
+
+def _xor(cipher_key, nonce, number, block):
+    pad = hashlib.shake_256(cipher_key + nonce + number.to_bytes(8, "big")).digest(len(block))
+    return (int.from_bytes(block, "little") ^ int.from_bytes(pad, "little")).to_bytes(
+        len(block), "little")
+
+
+def _seal_stream(key, source, sink):
+    """Seal what source.read gives into sink.write."""
+    cipher_key, mac_key = _seal_keys(key)
+    nonce = secrets.token_bytes(_NONCE)
+    tag = hmac.new(mac_key, _SEAL_MAGIC + nonce, "sha256")
+    sink.write(_SEAL_MAGIC + nonce)
+    for number, block in enumerate(iter(lambda: source.read(_BLOCK), b"")):
+        sealed = _xor(cipher_key, nonce, number, block)
+        tag.update(sealed)
+        sink.write(sealed)
+    sink.write(tag.digest())
+
+
+def _open_stream(key, source, size, sink):
+    """Open size sealed bytes from source into sink; TransferError, having
+    written garbage to sink, when the seal is broken: discard sink then."""
+    cipher_key, mac_key = _seal_keys(key)
+    head = source.read(len(_SEAL_MAGIC) + _NONCE)
+    left = size - len(head) - _TAG
+    if not head.startswith(_SEAL_MAGIC) or len(head) < len(_SEAL_MAGIC) + _NONCE or left < 0:
+        raise TransferError("it is not a sealed payload")
+    nonce = head[len(_SEAL_MAGIC):]
+    tag = hmac.new(mac_key, head, "sha256")
+    number = 0
+    while left:
+        block = source.read(min(_BLOCK, left))
+        if not block:
+            raise TransferError("the sealed payload is cut short")
+        tag.update(block)
+        sink.write(_xor(cipher_key, nonce, number, block))
+        left -= len(block)
+        number += 1
+    if not hmac.compare_digest(source.read(_TAG), tag.digest()):
+        raise TransferError("its seal is broken: it was altered, or not sealed for us")
+
+
+def _seal(key, data):
+    sink = io.BytesIO()
+    _seal_stream(key, io.BytesIO(data), sink)
+    return sink.getvalue()
+
+
+def _open(key, sealed):
+    sink = io.BytesIO()
+    _open_stream(key, io.BytesIO(sealed), len(sealed), sink)
+    return sink.getvalue()
+
+
+def _seal_file(key, source_path, sealed_path):
+    with open(source_path, "rb") as source, open(sealed_path, "wb") as sink:
+        _seal_stream(key, source, sink)
+
+
+def _open_file(key, sealed_path, path):
+    """Open a sealed file into path; on a broken seal nothing is left at path."""
+    try:
+        with open(sealed_path, "rb") as source, open(path, "wb") as sink:
+            _open_stream(key, source, os.path.getsize(sealed_path), sink)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise
+
+
+def _pieces(sealed):
+    """A sealed payload as the base64 data of its board lines."""
+    return [base64.b64encode(sealed[at:at + _PIECE]).decode()
+            for at in range(0, len(sealed), _PIECE)] or [""]
+
+
+class _Assembly:
+    """Payloads arriving on the board in pieces, by sender, task and kind.
+
+    A piece can be lost (a cut line is noise): an incomplete payload is
+    dropped after a while, and its sender sends it again (a worker repeats
+    its result until it is taken, a client its task until the worker says
+    it holds it).
+    """
+
+    KEEP = 60.0  # seconds an incomplete payload is kept
+    MOST = 256  # incomplete payloads kept at once
+
+    def __init__(self):
+        self._partial = {}  # (sender, task, kind) -> (since, size, of, {n: bytes})
+
+    def add(self, msg):
+        """The whole sealed payload once its last piece is in, else None."""
+        size, of, n = msg["size"], msg["of"], msg["n"]
+        if not 0 <= n < of or of != -(-size // _PIECE) or size > BOARD_MAX:
+            return None  # not a shape our peers send
         try:
-            value = int.from_bytes(base64.b64decode(peer_public, validate=True), "big")
+            data = base64.b64decode(msg["data"], validate=True)
         except ValueError:
-            value = 0
-        if not 1 < value < _DH_PRIME - 1:
-            raise P2PError("a peer sent an invalid key share for task %s" % task)
-        shared = pow(value, self._secret, _DH_PRIME).to_bytes(256, "big")
-        return tuple(_code(hmac.new(salt, shared + task.encode() + part, "sha256").digest())
-                     for part in (b"task", b"result"))
+            return None
+        if len(data) != min(_PIECE, size - n * _PIECE):
+            return None
+        if of == 1:
+            return data
+        now = time.monotonic()
+        for stale in [k for k, v in self._partial.items() if now - v[0] > self.KEEP]:
+            del self._partial[stale]
+        which = (msg["id"], msg["task"], msg.kind)
+        since, known_size, known_of, got = self._partial.get(which, (now, size, of, {}))
+        if (known_size, known_of) != (size, of):
+            got = {}  # another payload under that name: the new one counts
+        got[n] = data
+        if len(got) < of:
+            if len(self._partial) < self.MOST or which in self._partial:
+                self._partial[which] = (since, size, of, got)
+            return None
+        self._partial.pop(which, None)
+        return b"".join(got[i] for i in range(of))
 
 
 def _code(digest):
     nameplate = int.from_bytes(digest[:4], "big") % 9000000 + 1000000
     return "%d-%s" % (nameplate, digest[4:16].hex())
+
+
+def _wormhole_code(key):
+    """The wormhole code of a payload too large for the board: the sealed
+    bytes are all that someone who reads it (say, from ps) can get."""
+    return _code(hmac.new(key, b"code", "sha256").digest())
 
 
 WORMHOLE_RELEASE = "v1.0.6"  # the wormhole-william that install-wormhole fetches
@@ -1321,8 +1665,8 @@ class _Runner:
     def __init__(self):
         self.process = None
 
-    def start(self, task_path, result_path):
-        """Hand a task to the runner process (started if need be)."""
+    def ready(self):
+        """Start the runner process, if it is not running."""
         if self.process is None or self.process.poll() is not None:
             # -c, not this file: the task's __main__ must be an empty module.
             path = [os.path.dirname(os.path.abspath(__file__))]
@@ -1331,6 +1675,10 @@ class _Runner:
                 [sys.executable, "-c", "import p2p; p2p._serve_tasks()"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 env=dict(os.environ, PYTHONPATH=os.pathsep.join(path)))
+
+    def start(self, task_path, result_path):
+        """Hand a task to the runner process (started if need be)."""
+        self.ready()
         try:
             self.process.stdin.write("%s\t%s\n" % (task_path, result_path))
             self.process.stdin.flush()
@@ -1341,13 +1689,18 @@ class _Runner:
         """Wait for the task; on a crash, write a TaskCrashed outcome instead."""
         try:
             answer = self.process.stdout.readline()
-        except OSError:
+        except (OSError, ValueError):
             answer = ""
         if answer == "done\n":
             return
         status = self.process.wait()
-        reason = ("signal %s" % signal.Signals(-status).name if status < 0
-                  else "exit status %d" % status)
+        if status < 0:
+            try:
+                reason = "signal %s" % signal.Signals(-status).name
+            except ValueError:  # a real-time signal has no name
+                reason = "signal %d" % -status
+        else:
+            reason = "exit status %d" % status
         with open(result_path, "wb") as f:
             f.write(_failure(TaskCrashed("the process running the task died (%s); "
                                          "the worker goes on" % reason)))
@@ -1359,21 +1712,46 @@ class _Runner:
 
 
 class _Slot:
-    """One of a worker process's task slots: its id on the board and its runner."""
+    """One of a worker process's task slots: its id on the board, its runner,
+    and the jobs it holds (the first one running)."""
 
     def __init__(self, peer_id):
         self.id = peer_id
-        self.busy = False
-        self.client = None  # whose task runs here
-        self.task = None
-        self.since = 0.0
-        self.abandoned = False  # the client vanished: its task was stopped
-        self.transfers = []  # wormhole processes moving its task
+        self.jobs = []  # in hand, in the order they run
+        self.running = None  # the job its runner runs now
+        self.queue = queue.Queue()  # jobs for its thread, None to end
         self.runner = _Runner()
+
+    @property
+    def free(self):
+        return DEPTH - len(self.jobs)
+
+
+class _Job:
+    """A task on a worker, from its assignment until its result is taken."""
+
+    def __init__(self, slot, msg, root, folder):
+        self.id, self.client, self.slot = msg["task"], msg["id"], slot
+        self.size = msg["size"]  # sealed
+        self.task_key = _payload_key(root, self.id, b"task")
+        self.result_key = _payload_key(root, self.id, b"result")
+        self.line_key = _payload_key(root, self.id, b"lines")
+        self.folder = folder
+        self.task_path = os.path.join(folder, "task.pkl")
+        self.outcome_path = os.path.join(folder, "outcome.pkl")
+        self.ready = threading.Event()  # its task is on disk, or failed to come
+        self.failed = False
+        self.abandoned = False
+        self.transfers = []  # wormhole processes moving its payloads
+        self.result = None  # once run: sealed bytes for the board, or a sealed file
+        self.said = 0.0  # when its result was last said
+        self.repeats = 0  # times it was said
+        self.since = time.monotonic()
+        self.ran = 0.0
 
 
 class _Worker(_Member):
-    """Takes tasks from clients on the board and runs them, one per slot."""
+    """Takes tasks from clients on the board and runs them, DEPTH per slot."""
 
     role = "worker"
 
@@ -1381,11 +1759,17 @@ class _Worker(_Member):
         super().__init__(config, cluster, user, _peer_id(user))
         ids = ["%s#%d" % (self.id, n + 1) for n in range(slots)]
         self.slots = {slot_id: _Slot(slot_id) for slot_id in ids}
+        self.share = _KeyShare()
+        self.jobs = {}  # task id -> _Job
+        self.assembly = _Assembly()
         self.scratch = tempfile.mkdtemp(prefix="p2p-worker-")
         self.done = 0
         self.seen = collections.deque(maxlen=10000)  # task ids assigned to us
         self.stopped = threading.Event()
-        self._lock = threading.Lock()
+        self.alive_said = self.announced = 0.0
+
+    def wants(self, kind, to):
+        return to in ("*", self.id) or to in self.slots
 
     def _joined(self):
         self._announce()
@@ -1393,15 +1777,16 @@ class _Worker(_Member):
     def _announce(self, only=None):
         if self.exposed:
             return  # take no task while a non-member could act on the board
-        for slot in self.slots.values():
-            if not slot.busy and (only is None or slot is only):
-                self.board.send("idle", id=slot.id, py=PY)
+        for slot in [only] if only else self.slots.values():
+            if slot.free > 0:
+                self.say("idle", id=slot.id, py=PY, dh=self.share.public, free=slot.free)
+        self.announced = time.monotonic()
 
-    def _on_denied(self):
+    def denied(self):
         log.error("%s", self._denied)
         self.stopped.set()
 
-    def _on_intruders(self):
+    def intruders_changed(self):
         if self.exposed:
             log.warning("not a member of %s on the board: %s; taking no task "
                         "until they are gone", self.cluster, ", ".join(self.intruders))
@@ -1411,149 +1796,227 @@ class _Worker(_Member):
         else:
             self._announce()
 
-    def handle(self, msg):
-        if msg.kind == "hello" and msg["role"] == "client":
-            self._announce()
-        elif msg.kind == "assign" and msg["to"] in self.slots:
-            if msg["task"] in self.seen:
-                return  # a replayed line
-            self.seen.append(msg["task"])
-            self._assigned(self.slots[msg["to"]], msg)
-        elif msg.kind == "bye":
-            self._abandon(lambda slot: slot.client == msg["id"], "left")
-        elif msg.kind == "withdraw" and msg["to"] in self.slots:
-            self._abandon(lambda slot: slot.id == msg["to"] and slot.client == msg["id"]
-                          and slot.task == msg["task"], "withdrew")
-
     def about(self):
         return {"slots": len(self.slots), "done": self.done,
-                "busy": sum(slot.busy for slot in self.slots.values())}
+                "busy": sum(bool(slot.jobs) for slot in self.slots.values())}
 
-    def _abandon(self, whose, why):
-        """Stop the tasks of clients that are gone, and free their slots."""
-        with self._lock:
-            slots = [s for s in self.slots.values()
-                     if s.busy and not s.abandoned and whose(s)]
-            for slot in slots:
-                slot.abandoned = True
-        for slot in slots:
-            log.warning("%s %s: stopping its task", slot.client, why)
-            _kill(slot.transfers)
-            slot.runner.stop()
-            # Should the client still be there, it tries elsewhere, not waits.
-            self.board.send("decline", id=slot.id, to=slot.client, task=slot.task,
-                            why="stopped: the client %s" % why)
+    # What the board says to us.
 
-    def _watch(self):
-        """Say we are alive while busy; give up on clients that went silent."""
+    def _on_hello(self, msg):
+        if msg["role"] == "client":
+            self._announce()
+
+    def _on_assign(self, msg):
+        slot, task = self.slots.get(msg.to), msg["task"]
+        if slot is None or task in self.jobs or task in self.seen:
+            return  # not ours, sent again, or replayed
+        sealed = self.assembly.add(msg) if msg["of"] else None
+        if msg["of"] and sealed is None:
+            return  # more pieces to come
+        why = root = None
+        try:
+            root = self.share.root(msg["dh"], self.salt)
+        except P2PError as exc:
+            why = str(exc)
+        if why is not None:
+            pass
+        elif slot.free <= 0:
+            why = "busy"
+        elif self.exposed:
+            why = "a non-member is on the board"
+        elif msg["py"] not in ("", PY):
+            why = "this worker runs Python %s" % PY
+        if why is not None:
+            key = root and _payload_key(root, task, b"lines")
+            self.say("decline", to=msg["id"], id=slot.id, task=task, why=why,
+                     tag=key and _tag(key, "decline", slot.id, task) or "")
+            return
+        self.seen.append(task)
+        job = self.jobs[task] = _Job(slot, msg, root, tempfile.mkdtemp(dir=self.scratch))
+        slot.jobs.append(job)
+        slot.queue.put(job)
+        if sealed is None:
+            threading.Thread(target=self._receive, args=(job,), daemon=True).start()
+            return
+        try:
+            with open(job.task_path, "wb") as f:
+                f.write(_open(job.task_key, sealed))
+        except TransferError as exc:
+            self._lost(job, exc)
+        else:
+            job.ready.set()
+
+    def _on_took(self, msg):
+        job = self.jobs.get(msg["task"])
+        if job is not None and job.result is not None and _tagged(msg, job.line_key):
+            self._forget(job)
+
+    def _on_withdraw(self, msg):
+        job = self.jobs.get(msg["task"])
+        if job is not None and job.slot.id == msg.to and _tagged(msg, job.line_key):
+            self._abandon(job, "withdrew")
+
+    def _on_bye(self, msg):
+        for job in [j for j in self.jobs.values() if j.client == msg["id"]]:
+            self._abandon(job, "left")
+
+    def tick(self):
         now, online_since = time.monotonic(), self.online_since
         if online_since is None:
             return
-        if any(slot.busy for slot in self.slots.values()):
-            self.board.send("alive", id=self.id)
-        self._abandon(lambda slot: now - max(slot.since, online_since, self.heard.get(
-            slot.client, 0.0)) > LOST_AFTER, "fell silent")
+        if self.jobs and now - self.alive_said >= ALIVE_EVERY:
+            self.say("alive", id=self.id, held=sorted(self.jobs))
+            self.alive_said = now
+        for job in list(self.jobs.values()):
+            if now - max(job.since, online_since, self.heard.get(job.client, 0.0)) > LOST_AFTER:
+                self._abandon(job, "fell silent")
+            elif job.result is not None and now - job.said >= ALIVE_EVERY:
+                # Until the client takes it: a line lost, or sent while its
+                # link was down, must not leave it waiting. A client that
+                # hears and never takes it has moved on.
+                if job.repeats > LOST_AFTER / ALIVE_EVERY:
+                    self._forget(job)
+                else:
+                    self._say_result(job)
+        if now - self.announced >= IDLE_EVERY:
+            self._announce()
 
-    def _assigned(self, slot, msg):
-        with self._lock:
-            why = None
-            if slot.busy:
-                why = "busy"
-            elif self.exposed:
-                why = "a non-member is on the board"
-            elif msg["py"] not in ("", PY):
-                why = "this worker runs Python %s" % PY
-            if why is None:
-                slot.busy, slot.abandoned = True, False
-                slot.client, slot.task = msg["id"], msg["task"]
-                slot.since = time.monotonic()
-        if why is not None:
-            self.board.send("decline", id=slot.id, to=msg["id"], task=msg["task"], why=why)
-            return
-        threading.Thread(target=self._run, args=(slot, msg), daemon=True).start()
+    # The life of a job.
 
-    def _run(self, slot, msg):
-        client, task = msg["id"], msg["task"]
-        share = _KeyShare()
-        started = time.monotonic()
-        folder = tempfile.mkdtemp(dir=self.scratch)
-        released = []
-
-        def release():  # once: the slot may take its next task while we send
-            if not released:
-                released.append(True)
-                with self._lock:
-                    slot.busy = False
-
+    def _receive(self, job):
+        """Receive a task by wormhole (in a thread of its own)."""
         try:
-            task_code, result_code = share.codes(msg["dh"], task, self.salt)
-            self.board.send("accept", id=slot.id, to=client, task=task, dh=share.public)
-            try:
-                task_path = _receive_file(self.config, task_code, "task-%s.pkl" % task,
-                                          msg["size"], folder, slot.transfers)
-            except TransferError as exc:
-                if slot.abandoned:
-                    return
-                # The receiver's word is final: the client tries again.
-                self.board.send("decline", id=slot.id, to=client, task=task,
-                                why="%s: %s" % (_LOST_TASK, exc))
-                raise
-            result_path = os.path.join(folder, "result-%s.pkl" % task)
-            with self._lock:  # so that _abandon stops what we start, or we start nothing
-                if slot.abandoned:
-                    return
-                slot.runner.start(task_path, result_path)
-            slot.runner.finish(result_path)
-            if slot.abandoned:
+            sealed = _receive_file(self.config, _wormhole_code(job.task_key), "task",
+                                   job.size, job.folder, job.transfers)
+            _open_file(job.task_key, sealed, job.task_path)
+            os.remove(sealed)
+        except (TransferError, OSError) as exc:
+            self.post(self._lost, job, exc)
+        else:
+            job.ready.set()
+
+    def _lost(self, job, why):
+        if job.abandoned or job.failed:
+            return
+        job.failed = True
+        job.ready.set()
+        log.warning("task %s from %s: %s: %s", job.id, job.client, _LOST_TASK, why)
+        # The receiver's word is final: the client tries again.
+        self._decline(job, "%s: %s" % (_LOST_TASK, why))
+        self._drop(job)
+
+    def _serve(self, slot):
+        """Run the slot's jobs in turn (its own thread): it runs, never decides."""
+        while True:
+            job = slot.queue.get()
+            if job is None:
                 return
-            size = os.path.getsize(result_path)
-            release()
-            sent = threading.Event()
+            while not job.ready.wait(1.0) and not job.abandoned:
+                pass
+            with self.lock:  # so that _abandon stops what we start, or we start nothing
+                if job.abandoned or job.failed:
+                    continue
+                slot.running = job
+                slot.runner.start(job.task_path, job.outcome_path)
+            started = time.monotonic()
+            try:
+                slot.runner.finish(job.outcome_path)
+                job.ran = time.monotonic() - started
+                result = None if job.abandoned else self._sealed_outcome(job)
+            except Exception as exc:  # whatever it is, the client hears of it
+                if job.abandoned:  # its folder went with it
+                    result = None
+                    self.post(self._ran, job, result)
+                    continue
+                log.exception("task %s from %s: the worker failed", job.id, job.client)
+                result = _seal(job.result_key, _failure(P2PError(
+                    "the worker %s failed while running the task: %s" % (slot.id, exc))))
+            self.post(self._ran, job, result)
 
-            def send():
-                try:
-                    _send_file(self.config, result_code, result_path)
-                except TransferError as exc:  # the client's receive tells the truth
-                    log.debug("sending the result of %s: %s", task, exc)
-                finally:
-                    sent.set()
+    def _sealed_outcome(self, job):
+        if os.path.getsize(job.outcome_path) + SEAL_OVERHEAD <= BOARD_MAX:
+            with open(job.outcome_path, "rb") as f:
+                return _seal(job.result_key, f.read())
+        sealed = os.path.join(job.folder, "result")
+        _seal_file(job.result_key, job.outcome_path, sealed)
+        return sealed
 
-            threading.Thread(target=send, daemon=True).start()
-            # Until the client takes it, say so again now and then: a line
-            # lost while its ssh link was down must not leave it waiting.
-            while True:
-                self.board.send("result", id=slot.id, to=client, task=task, size=size)
-                if sent.wait(ALIVE_EVERY):
-                    break
-            self.done += 1
-            log.info("task %s from %s: done in %.2fs", task, client,
-                     time.monotonic() - started)
-        except P2PError as exc:
-            log.warning("task %s from %s failed: %s", task, client, exc)
-        except Exception:
-            log.exception("task %s from %s: the worker failed", task, client)
-        finally:
-            if not released:  # no result line said that the slot is free
-                release()
-                self._announce(only=slot)
-            shutil.rmtree(folder, ignore_errors=True)
+    def _ran(self, job, result):
+        job.slot.running = None
+        if job.abandoned:
+            return
+        job.slot.jobs.remove(job)
+        job.result = result
+        self.done += 1
+        log.info("task %s from %s: done in %.2fs", job.id, job.client,
+                 time.monotonic() - job.since)
+        self._say_result(job)
+        if not isinstance(result, bytes):
+            threading.Thread(target=self._send_result, args=(job,), daemon=True).start()
+
+    def _decline(self, job, why):
+        self.say("decline", to=job.client, id=job.slot.id, task=job.id, why=why,
+                 tag=_tag(job.line_key, "decline", job.slot.id, job.id))
+
+    def _say_result(self, job):
+        job.said = time.monotonic()
+        job.repeats += 1
+        fields = dict(to=job.client, id=job.slot.id, task=job.id, free=job.slot.free,
+                      tag=_tag(job.line_key, "result", job.slot.id, job.id))
+        if not isinstance(job.result, bytes):
+            self.say("result", size=os.path.getsize(job.result), n=0, of=0, data="",
+                     **fields)
+            return
+        pieces = _pieces(job.result)
+        for n, data in enumerate(pieces):
+            self.say("result", size=len(job.result), n=n, of=len(pieces), data=data,
+                     **fields)
+
+    def _send_result(self, job):
+        try:
+            _send_file(self.config, _wormhole_code(job.result_key), job.result,
+                       job.transfers)
+        except TransferError as exc:  # the client's receive tells the truth
+            log.debug("sending the result of %s: %s", job.id, exc)
+        self.post(self._forget, job)
+
+    def _abandon(self, job, why):
+        """Stop a job whose client is gone, and free its slot."""
+        log.warning("%s %s: stopping its task %s", job.client, why, job.id)
+        job.abandoned = True
+        job.ready.set()
+        _kill(job.transfers)
+        if job.slot.running is job:
+            job.slot.runner.stop()
+        if job.result is None:
+            # Should the client still be there, it tries elsewhere, not waits.
+            self._decline(job, "stopped: the client %s" % why)
+        self._drop(job)
+
+    def _drop(self, job):
+        if job in job.slot.jobs:
+            job.slot.jobs.remove(job)
+            self._announce(only=job.slot)
+        self._forget(job)
+
+    def _forget(self, job):
+        if self.jobs.get(job.id) is job:
+            del self.jobs[job.id]
+            _kill(job.transfers)
+            shutil.rmtree(job.folder, ignore_errors=True)
 
     def serve(self, duration):
         """Join, take tasks until duration passes or stop(); then leave."""
         deadline = time.monotonic() + duration
         try:
+            for slot in self.slots.values():
+                slot.runner.ready()  # before the first task, not during it
+                threading.Thread(target=self._serve, args=(slot,), daemon=True,
+                                 name="p2p-slot").start()
             self.join()
             log.info("worker %s on %s: %d slot(s), Python %s", self.id, self.cluster,
                      len(self.slots), PY)
-            announced = time.monotonic()
-            while not self.stopped.wait(min(ALIVE_EVERY, max(0.0, deadline - time.monotonic()))):
-                now = time.monotonic()
-                if now >= deadline:
-                    break
-                self._watch()
-                if now - announced >= IDLE_EVERY:
-                    self._announce()
-                    announced = now
+            self.stopped.wait(max(0.0, deadline - time.monotonic()))
         finally:
             self.stop()
         if self._denied:
@@ -1563,6 +2026,7 @@ class _Worker(_Member):
         self.stopped.set()
         self.leave()
         for slot in self.slots.values():
+            slot.queue.put(None)
             slot.runner.stop()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -1602,274 +2066,421 @@ class _TaskFuture(concurrent.futures.Future):
                 warnings.warn_explicit(message, category, filename, lineno)
 
 
+# A task's states on its client, and where each may go next: the one place
+# that says what can happen to a task.
+_MOVES = {
+    "queued": ("assigned", "cancelled", "failed"),  # waiting for a worker slot
+    "assigned": ("queued", "receiving", "failed", "cancelled"),  # a slot has it
+    "receiving": ("queued", "done", "failed", "cancelled"),  # its result is coming
+    "done": (), "failed": (), "cancelled": (),
+}
+
+
 class _Task:
     def __init__(self, path, by_value, future):
-        self.id = secrets.token_hex(8)
         self.path = path  # the pickled call, kept on disk for the tries it may take
         self.size = os.path.getsize(path)
         self.py = PY if by_value else ""
         self.future = future
-        self.worker = None
-        self.share = None
-        self.assigned_at = 0.0
-        self.result_code = None
+        self.state = "queued"
         self.started = False  # the future was set running
+        self.id = None  # new for each assignment: a late answer to a past one is moot
+        self.slot = None  # the worker slot it is assigned to
+        self.keys = None  # (task key, result key) with that slot's worker
+        self.sealed = None  # the sealed task, when it rides the board
+        self.assigned_at = 0.0
+        self.said_at = 0.0  # when its assignment was last said
+        self.resent = 0  # times the assignment was said again
         self.transfers = []  # its wormhole processes, to stop when it moves on
-        self.failures = []  # why earlier tries to move it failed
+        self.failures = []  # why earlier tries failed
         self.failed_on = set()  # the machines of those tries
+
+    def move(self, state):
+        if state not in _MOVES[self.state]:
+            raise AssertionError("task %s cannot go from %s to %s"
+                                 % (self.id, self.state, state))
+        self.state = state
+
+
+class _SlotView:
+    """A worker slot as a client knows it from the board."""
+
+    def __init__(self, py, dh, free):
+        self.py, self.dh, self.free = py, dh, free
+
+
+def _pick(py, failed_on, slots):
+    """The slot id for a task, or None, from plain data: the task's Python
+    ("" for any), the machines it failed on, and {slot id: (py, free)}.
+
+    A slot with room, on a machine the task has not failed on if there is
+    one (a worker restarted there has a new id, on the same flaky laptop),
+    with the most room: tasks spread over slots before they queue in one.
+    """
+    fits = [(_machine_of(slot) in failed_on, -free, slot)
+            for slot, (slot_py, free) in slots.items()
+            if free > 0 and py in ("", slot_py)]
+    return min(fits)[2] if fits else None
 
 
 class _Client(_Member):
-    """The client side of an Executor: assigns tasks to idle workers."""
+    """The client side of an Executor: assigns tasks to worker slots."""
 
-    def __init__(self, config, cluster, user, retries=RETRIES):
+    RESEND_AFTER = ALIVE_EVERY + 2.0  # a worker silent since an assignment: say it again
+    RESENDS = 2  # then it counts as not arrived
+
+    def __init__(self, config, cluster, user, retries=RETRIES, board=None):
         super().__init__(config, cluster, user, _peer_id(user))
+        if board is not None:
+            self.board, self.inbox, self._preconnected = board, board.inbox, True
         self.retries = retries
-        self.alive_sent = 0.0
+        self.share = _KeyShare()
         self.scratch = tempfile.mkdtemp(prefix="p2p-client-")
-        self.idle = set()  # worker slot ids, free as far as we know
-        self.pythons = {}  # worker slot id -> its Python version, as announced
-        self.queue = collections.deque()
-        self.tasks = {}  # task id -> _Task (assigned, not finished)
-        self.changed = threading.Condition()
-        self.dispatcher = threading.Thread(target=self._dispatch, daemon=True,
-                                           name="p2p-dispatch")
+        self.slots = {}  # worker slot id -> _SlotView
+        self.queue = collections.deque()  # queued tasks
+        self.tasks = {}  # task id -> _Task, assigned or receiving
+        self.assembly = _Assembly()
+        self.alive_said = 0.0
+        # Futures are settled on a thread of their own: user callbacks run
+        # there, never on the peer's thread, and large results load there.
+        self.outcomes = queue.Queue()
+        self._settler = threading.Thread(target=self._settle, daemon=True,
+                                         name="p2p-results")
+
+    def wants(self, kind, to):
+        # Others' assignments and results tell us which slots are taken or free.
+        return to in ("*", self.id) or kind in ("assign", "result")
 
     def start(self):
+        self._settler.start()
         self.join()
-        self.dispatcher.start()
 
     def put(self, task):
-        with self.changed:
+        with self.lock:  # queued now: shutdown() counts it among the unfinished
             self.queue.append(task)
-            self.changed.notify_all()
-
-    def handle(self, msg):
-        with self.changed:
-            if msg.get("to") == self.id and msg.kind in ("accept", "decline", "result"):
-                self._answer(msg)
-            if msg.kind == "idle":
-                self.pythons[msg["id"]] = msg["py"]
-                self.idle.add(msg["id"])
-            elif msg.kind == "result":  # that worker is free again
-                self.idle.add(msg["id"])
-            elif msg.kind == "assign":  # another client took that worker
-                self.idle.discard(msg["to"])
-            elif msg.kind == "bye":
-                self.idle -= {w for w in self.idle if _process_of(w) == msg["id"]}
-                for gone in [w for w in self.pythons if _process_of(w) == msg["id"]]:
-                    del self.pythons[gone]
-                self.heard[msg["id"]] = float("-inf")  # its tasks are lost now
-            self.changed.notify_all()
+        self.post(self._dispatch)
 
     def about(self):
-        with self.changed:
-            return {"queued": len(self.queue), "running": len(self.tasks)}
+        return {"queued": len(self.queue), "running": len(self.tasks)}
 
-    def _answer(self, msg):
-        task = self.tasks.get(msg["task"])
-        if task is None or task.worker != msg["id"]:
-            return  # not an answer from the worker this task was assigned to
-        if msg.kind == "decline":
-            # Off the board's reader: failing a future runs user callbacks.
-            failed = msg["why"].startswith((_LOST_TASK, "stopped:"))
-            threading.Thread(target=self._retry, daemon=True,
-                             args=(task, msg["why"], failed)).start()
-        elif msg.kind == "accept" and task.share is not None:
-            share, task.share = task.share, None
-            try:
-                task_code, task.result_code = share.codes(msg["dh"], task.id, self.salt)
-            except P2PError as exc:
-                threading.Thread(target=self._finish, args=(task, None, exc),
-                                 daemon=True).start()
+    # What the board says to us.
+
+    def _on_idle(self, msg):
+        self.slots[msg["id"]] = _SlotView(msg["py"], msg["dh"], min(msg["free"], DEPTH))
+        self._dispatch()
+
+    def _on_assign(self, msg):
+        view = self.slots.get(msg.to)
+        if msg["id"] != self.id and view is not None and msg["n"] == 0:
+            view.free -= 1  # another client's task
+
+    def _on_result(self, msg):
+        view = self.slots.get(msg["id"])
+        if view is not None:
+            view.free = min(msg["free"], DEPTH)
+        task = self.tasks.get(msg["task"]) if msg.to == self.id else None
+        if task is None or task.slot != msg["id"] or not _tagged(msg, task.keys[2]):
+            self._dispatch()
+            return
+        if task.state != "assigned":
+            if task.state == "receiving" and msg["of"] and msg["n"] == 0:
+                self._say_took(task)  # ours was lost
+            return
+        if msg["of"]:
+            sealed = self.assembly.add(msg)
+            if sealed is None:
                 return
-            threading.Thread(target=self._send_task, args=(task, task_code),
+            task.move("receiving")
+            self._say_took(task)
+            self.outcomes.put((self._load, task, sealed))
+        else:
+            task.move("receiving")
+            threading.Thread(target=self._receive_result, args=(task, msg["size"]),
                              daemon=True).start()
-        elif msg.kind == "result" and task.result_code is not None:
-            code, task.result_code = task.result_code, None
-            threading.Thread(target=self._receive_result, args=(task, code, msg["size"]),
-                             daemon=True).start()
+        self._dispatch()
 
-    def _requeue(self, task):
-        _kill(task.transfers)  # a send to the worker we gave up on
-        self.tasks.pop(task.id, None)
-        task.worker, task.share, task.result_code = None, None, None
-        self.queue.appendleft(task)
-        self.changed.notify_all()
+    def _say_took(self, task):
+        self.say("took", to=task.slot, id=self.id, task=task.id,
+                 tag=_tag(task.keys[2], "took", self.id, task.id))
+
+    def _say_withdraw(self, task):
+        self.say("withdraw", to=task.slot, id=self.id, task=task.id,
+                 tag=_tag(task.keys[2], "withdraw", self.id, task.id))
+
+    def _on_decline(self, msg):
+        task = self.tasks.get(msg["task"])
+        if task is None or task.slot != msg["id"] or not _tagged(msg, task.keys[2]):
+            return  # not an answer from the slot this task was assigned to
+        if msg["why"] == "busy" and msg["id"] in self.slots:
+            self.slots[msg["id"]].free = 0
+        failed = msg["why"].startswith((_LOST_TASK, "stopped:"))
+        self._retry(task, msg["why"], failed)
+
+    def _on_alive(self, msg):
+        held = set(msg["held"])
+        for task in list(self.tasks.values()):
+            if (task.state == "assigned" and _process_of(task.slot) == msg["id"]
+                    and task.id not in held and time.monotonic() - task.said_at > 1.0):
+                self._resend(task)  # it never got there
+
+    def _on_bye(self, msg):
+        for slot in [s for s in self.slots if _process_of(s) == msg["id"]]:
+            del self.slots[slot]
+        self.heard[msg["id"]] = float("-inf")  # its tasks are lost now
+        self.tick()
+
+    def tick(self):
+        now, online_since = time.monotonic(), self.online_since
+        if online_since is None:
+            return
+        for task in list(self.tasks.values()):
+            last = self.heard.get(_process_of(task.slot), 0.0)
+            silent = now - max(task.assigned_at, online_since, last)
+            if last == float("-inf"):
+                self._retry(task, "left the board", error=WorkerLost)
+            elif silent > LOST_AFTER:
+                self._retry(task, "lost (silent for %.0fs)" % silent, error=WorkerLost)
+            elif (task.state == "assigned" and task.resent < self.RESENDS and
+                  now - max(task.said_at, last) > self.RESEND_AFTER):
+                self._resend(task)  # no word from its worker: the line may be lost
+        if self.tasks and now - self.alive_said >= ALIVE_EVERY:
+            self.say("alive", id=self.id, held=[])
+            self.alive_said = now
+        self._dispatch()
+
+    # The life of a task.
+
+    def _dispatch(self):
+        """Give queued tasks to slots with room, as long as there are some."""
+        for task in [t for t in self.queue if t.future.cancelled()]:
+            task.future.set_running_or_notify_cancel()  # wakes its waiters
+            self._end(task, "cancelled")
+        if self.exposed or not self.queue:
+            return
+        # What a slot last said of its room misses our tasks still on their
+        # way to it: we never hold more than DEPTH there ourselves.
+        mine = collections.Counter(t.slot for t in self.tasks.values()
+                                   if t.state == "assigned")
+        for task in list(self.queue):
+            room = {s: (v.py, min(v.free, DEPTH - mine[s])) for s, v in self.slots.items()
+                    if min(v.free, DEPTH - mine[s]) > 0}
+            if not room:
+                return
+            slot = _pick(task.py, task.failed_on, room)
+            if slot is None:
+                continue  # no slot runs its Python; later tasks may go
+            try:
+                root = self.share.root(self.slots[slot].dh, self.salt)
+            except P2PError as exc:
+                log.warning("worker slot %s: %s; not using it", slot, exc)
+                del self.slots[slot]
+                continue
+            if not task.started:
+                if not task.future.set_running_or_notify_cancel():
+                    continue  # cancelled: the next round takes it off the queue
+                task.started = True
+            self.queue.remove(task)
+            self._assign(task, slot, root)
+            mine[slot] += 1
+
+    def _assign(self, task, slot, root):
+        task.move("assigned")
+        task.id, task.slot = secrets.token_hex(8), slot
+        task.keys = tuple(_payload_key(root, task.id, what)
+                          for what in (b"task", b"result", b"lines"))
+        task.assigned_at = task.said_at = time.monotonic()
+        task.resent = 0
+        self.tasks[task.id] = task
+        self.slots[slot].free -= 1
+        if task.size + SEAL_OVERHEAD <= BOARD_MAX:
+            with open(task.path, "rb") as f:
+                task.sealed = _seal(task.keys[0], f.read())
+        else:
+            task.sealed = None
+            threading.Thread(target=self._send_task, args=(task, task.id),
+                             daemon=True).start()
+        self._say_assign(task)
+
+    def _say_assign(self, task):
+        fields = dict(to=task.slot, id=self.id, task=task.id, dh=self.share.public,
+                      py=task.py)
+        if task.sealed is None:
+            self.say("assign", size=task.size + SEAL_OVERHEAD, n=0, of=0, data="",
+                     **fields)
+            return
+        pieces = _pieces(task.sealed)
+        for n, data in enumerate(pieces):
+            self.say("assign", size=len(task.sealed), n=n, of=len(pieces), data=data,
+                     **fields)
+
+    def _resend(self, task):
+        if task.resent >= self.RESENDS:
+            self._retry(task, "%s: the worker never said it had it" % _LOST_TASK)
+            return
+        task.resent += 1
+        task.said_at = time.monotonic()
+        self._say_assign(task)
 
     def _retry(self, task, why, failed=True, error=TransferError):
-        """Assign the task afresh (new worker, new codes), unless retries are used up.
+        """Queue the task again (new slot, new keys), unless retries are used up.
 
         failed: it counts as a failure (not a mere "busy"); error: the type
         raised when the retries are used up.
         """
-        with self.changed:
-            if self.tasks.get(task.id) is not task:
-                return
-            if failed:
-                task.failures.append("%s: %s" % (task.worker, why))
-                task.failed_on.add(_machine_of(task.worker))
-                log.warning("task %s on worker %s: %s; trying again", task.id,
-                            task.worker, why)
-            if len(task.failures) <= self.retries:
-                self._requeue(task)
-                return
-        self._finish(task, error=error(
-            "task %s failed %d time(s): %s"
-            % (task.id, len(task.failures), "; ".join(task.failures))))
-
-    def _dispatch(self):
-        while not self._closing:
-            for task, why in self._check_workers():
-                self._retry(task, why, error=WorkerLost)
-            with self.changed:
-                for task in [t for t in self.queue if t.future.cancelled()]:
-                    self.queue.remove(task)
-                    task.future.set_running_or_notify_cancel()  # wakes its waiters
-                pairs = []
-                for task in list(self.queue) if not self.exposed else []:
-                    # Machines it failed on come last (a worker restarted there
-                    # has a new id, on the same flaky laptop).
-                    worker = min((w for w in self.idle if task.py in ("", self.pythons.get(w))),
-                                 key=lambda w: _machine_of(w) in task.failed_on, default=None)
-                    if worker is None:
-                        continue  # no idle worker runs its Python; later ones may go
-                    self.queue.remove(task)
-                    if not task.started:
-                        if not task.future.set_running_or_notify_cancel():
-                            continue
-                        task.started = True
-                    self.idle.discard(worker)
-                    task.id = secrets.token_hex(8)  # a late answer to a past try is moot
-                    task.worker, task.share = worker, _KeyShare()
-                    task.assigned_at = time.monotonic()
-                    self.tasks[task.id] = task
-                    pairs.append(task)
-                if not pairs:
-                    self.changed.wait(1.0)
-            for task in pairs:
-                self.board.send("assign", id=self.id, to=task.worker, task=task.id,
-                                dh=task.share.public, py=task.py, size=task.size)
-
-    def _check_workers(self):
-        """Tasks whose worker did not answer, fell silent or left; say we are alive."""
-        now, online_since = time.monotonic(), self.online_since
-        if online_since is None:
-            return []
-        with self.changed:
-            unanswered = [t for t in self.tasks.values() if t.share is not None
-                          and now - max(t.assigned_at, online_since) > ASSIGN_TIMEOUT]
-            # Accepted: running, or sending its result back (a worker that
-            # dies mid-send must not leave the receive waiting for its timeout).
-            running = [t for t in self.tasks.values() if t.share is None]
-        if running and now - self.alive_sent >= ALIVE_EVERY:
-            self.board.send("alive", id=self.id)
-            self.alive_sent = now
-        lost = [(task, "did not answer its assignment within %gs" % ASSIGN_TIMEOUT)
-                for task in unanswered]
-        for task in running:
-            last = self.heard.get(_process_of(task.worker), 0.0)
-            silent = now - max(task.assigned_at, online_since, last)
-            if last == float("-inf"):
-                lost.append((task, "left the board"))
-            elif silent > LOST_AFTER:
-                lost.append((task, "lost (silent for %.0fs)" % silent))
-        return lost
-
-    def _send_task(self, task, code):
-        folder = tempfile.mkdtemp(dir=self.scratch)
-        path = os.path.join(folder, "task-%s.pkl" % task.id)  # the name tells the try
-        try:
-            os.link(task.path, path)
-            _send_file(self.config, code, path, task.transfers)
-        except TransferError as exc:
-            log.debug("sending task %s: %s (the worker's answer decides)", task.id, exc)
-        except P2PError as exc:
-            self._finish(task, error=exc)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def _receive_result(self, task, code, size):
-        folder = tempfile.mkdtemp(dir=self.scratch)
-        try:
-            path = _receive_file(self.config, code, "result-%s.pkl" % task.id, size,
-                                 folder, task.transfers)
-        except TransferError as exc:
-            shutil.rmtree(folder, ignore_errors=True)
-            self._retry(task, "the result did not arrive: %s" % exc)
+        if self.tasks.get(task.id) is not task:
+            return  # it moved on already
+        if failed:
+            task.failures.append("%s: %s" % (task.slot, why))
+            task.failed_on.add(_machine_of(task.slot))
+            log.warning("task %s on worker %s: %s; trying again", task.id, task.slot, why)
+        if len(task.failures) > self.retries:
+            self._end(task, "failed", error=error("task %s failed %d time(s): %s" % (
+                task.id, len(task.failures), "; ".join(task.failures))))
             return
-        try:
-            with open(path, "rb") as f:  # from the file: a large result is read once
-                outcome = _checked_outcome(_load(f, self.config.trust))
-        except Exception as exc:  # a broken payload fails its task, not the client
-            why = "the result of task %s from %s was refused: %s" % (task.id, task.worker,
-                                                                   exc)
-            log.warning("%s", why)
-            self._finish(task, error=TransferError(why))
-            return
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        task.future._replay = outcome
-        if "error" in outcome:
-            error = outcome["error"]
-            if outcome.get("traceback"):
-                error.__cause__ = _RemoteTraceback(
-                    "\n\"\"\"\n%s\"\"\" (on worker %s)" % (outcome["traceback"], task.worker))
-            self._finish(task, error=error)
-        else:
-            self._finish(task, value=outcome.get("value"))
+        _kill(task.transfers)  # a send to the slot we gave up on
+        self._say_withdraw(task)  # should it still have it, it stops
+        del self.tasks[task.id]
+        task.move("queued")
+        self.queue.appendleft(task)
+        self._dispatch()
 
-    def _finish(self, task, value=None, error=None):
+    def _end(self, task, state, value=None, error=None):
+        """The task is over: free what it holds, and have its future settled."""
+        task.move(state)
         _kill(task.transfers)
-        try:
+        self.tasks.pop(task.id, None)
+        if task in self.queue:
+            self.queue.remove(task)
+        with contextlib.suppress(OSError):
             os.remove(task.path)
-        except OSError:
-            pass
-        with self.changed:
-            self.tasks.pop(task.id, None)
-        if task.future.done():
+        self.outcomes.put((self._set, task.future, value, error))
+
+    def _send_task(self, task, try_id):
+        """Seal the task into a file and send it by wormhole (in its own thread)."""
+        folder = tempfile.mkdtemp(dir=self.scratch)
+        try:
+            sealed = os.path.join(folder, "task")
+            _seal_file(task.keys[0], task.path, sealed)
+            if task.id == try_id and task.state == "assigned":
+                _send_file(self.config, _wormhole_code(task.keys[0]), sealed,
+                           task.transfers)
+        except TransferError as exc:
+            log.debug("sending task %s: %s (the worker's answer decides)", try_id, exc)
+        except (OSError, P2PError) as exc:
+            self.post(self._retry, task, "cannot send the task: %s" % exc)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _receive_result(self, task, size):
+        folder = tempfile.mkdtemp(dir=self.scratch)
+        try:
+            sealed = _receive_file(self.config, _wormhole_code(task.keys[1]), "result",
+                                   size, folder, task.transfers)
+        except TransferError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            self.post(self._retry, task, "the result did not arrive: %s" % exc)
             return
+        self.outcomes.put((self._load, task, sealed))
+
+    # On the results thread.
+
+    def _settle(self):
+        while True:
+            item = self.outcomes.get()
+            if item is None:
+                return
+            try:
+                item[0](*item[1:])
+            except Exception:
+                log.exception("settling a result failed")
+
+    def _load(self, task, sealed):
+        """Open and load a result (bytes, or a sealed file), then end its task."""
+        try:
+            if isinstance(sealed, bytes):
+                source = io.BytesIO(_open(task.keys[1], sealed))
+            else:
+                plain = sealed + ".pkl"
+                _open_file(task.keys[1], sealed, plain)
+                source = open(plain, "rb")  # from the file: a large result is read once
+        except TransferError as exc:  # a forgery, or damage: never unpickled
+            self.post(self._retry, task, "its result was refused: %s" % exc)
+            return
+        finally:
+            if not isinstance(sealed, bytes):
+                with contextlib.suppress(OSError):
+                    os.remove(sealed)
+        try:
+            with source:
+                outcome = _checked_outcome(_load(source, self.config.trust))
+        except Exception as exc:  # a broken payload fails its task, not the client
+            why = "the result of task %s from %s was refused: %s" % (task.id, task.slot, exc)
+            log.warning("%s", why)
+            self.post(self._end_if, task, "receiving", "failed", None, TransferError(why))
+            return
+        finally:
+            if not isinstance(sealed, bytes):
+                shutil.rmtree(os.path.dirname(sealed), ignore_errors=True)
+        task.future._replay = outcome
+        error = outcome.get("error")
+        if error is not None and outcome.get("traceback"):
+            error.__cause__ = _RemoteTraceback(
+                "\n\"\"\"\n%s\"\"\" (on worker %s)" % (outcome["traceback"], task.slot))
+        self.post(self._end_if, task, "receiving", "failed" if "error" in outcome
+                  else "done", outcome.get("value"), error)
+
+    def _end_if(self, task, was, state, value, error):
+        if task.state == was and self.tasks.get(task.id) is task:
+            self._end(task, state, value, error)
+
+    @staticmethod
+    def _set(future, value, error):
+        if future.done():
+            return  # cancelled meanwhile
         if error is not None:
-            task.future.set_exception(error)
+            future.set_exception(error)
         else:
-            task.future.set_result(value)
+            future.set_result(value)
+
+    # From the user's threads.
 
     def withdraw(self):
         """Cancel every queued task and withdraw the running ones from their workers."""
-        with self.changed:
-            cancelled = [t for t in self.queue if t.future.cancel()]
-            for task in cancelled:
-                self.queue.remove(task)
-            running, self.tasks = list(self.tasks.values()), {}
-            for task in list(self.queue):  # started before, waiting for a new worker
-                self.queue.remove(task)
-                running.append(task)
-        for task in running:
-            if task.worker is not None:
-                self.board.send("withdraw", id=self.id, to=task.worker, task=task.id)
-            self._finish(task, error=concurrent.futures.CancelledError(
-                "task %s was withdrawn" % task.id))
+        def withdraw_all():
+            for task in list(self.queue):
+                if task.future.cancel():
+                    self.queue.remove(task)
+                    task.move("cancelled")
+            for task in list(self.tasks.values()) + list(self.queue):
+                if task.slot is not None and task.state != "queued":
+                    self._say_withdraw(task)
+                self._end(task, "cancelled", error=concurrent.futures.CancelledError(
+                    "task %s was withdrawn" % task.id))
+        self.call(withdraw_all)
 
     def workers_in_use(self):
-        with self.changed:
-            return len({task.worker for task in self.tasks.values()})
+        with self.lock:
+            return len({task.slot for task in self.tasks.values()})
 
     def unfinished(self):
-        with self.changed:
+        with self.lock:
             return [t.future for t in list(self.queue) + list(self.tasks.values())
                     if not t.future.cancelled()]
 
     def close(self):
         """Leave the board; a future still unfinished fails rather than hangs."""
-        self.leave()
-        with self.changed:
-            self.changed.notify_all()
-            tasks, self.tasks = list(self.queue) + list(self.tasks.values()), {}
-            self.queue.clear()
-        for task in tasks:
-            self._finish(task, error=P2PError("the executor was shut down before "
-                                              "task %s finished" % task.id))
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        def fail_all():
+            for task in list(self.queue) + list(self.tasks.values()):
+                self._end(task, "failed", error=P2PError(
+                    "the executor was shut down before task %s finished" % task.id))
+        try:
+            self.call(fail_all)
+        finally:
+            self.leave()
+            self.outcomes.put(None)
+            if self._settler.is_alive() and threading.current_thread() is not self._settler:
+                self._settler.join(30.0)
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _call_chunk(fn, chunk):
@@ -1961,11 +2572,24 @@ class Executor(concurrent.futures.Executor):
 
     def __init__(self, cluster=None, config=None, retries=None, progress=False):
         self._config = config or Config()
-        user = whoami(self._config)
-        self.cluster = Cluster(cluster or _default_cluster(user))
         retries = _number("P2P_RETRIES", retries, RETRIES, int)
-        _ensure_wormhole(self._config)
-        self._client = _Client(self._config, self.cluster, user, retries)
+        name = cluster or os.environ.get("P2P_CLUSTER")
+        board = None
+        if name is None:
+            # Your personal board is "personal/board" to pico.sh: its ssh
+            # session opens while we ask pico.sh who you are.
+            board = _Board(self._config, "personal/board", queue.Queue())
+            board.connect()
+        try:
+            user = whoami(self._config)
+            self.cluster = Cluster(name or _default_cluster(user))
+            _ensure_wormhole(self._config)
+        except BaseException:
+            if board is not None:
+                board.close()
+            raise
+        self._client = _Client(self._config, self.cluster, user, retries, board)
+        self._lock = threading.Lock()
         self._shutdown = False
         self._counting = threading.local()  # a map's own progress bar
         try:
@@ -1985,7 +2609,7 @@ class Executor(concurrent.futures.Executor):
             os.remove(path)
             raise P2PError(_describe_unpicklable(fn, args, kwargs)) from None
         future = _TaskFuture()
-        with self._client.changed:
+        with self._lock:
             if self._shutdown:
                 os.remove(path)
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -2023,12 +2647,12 @@ class Executor(concurrent.futures.Executor):
             count = min(len(iterable) for iterable in iterables) if iterables else 0
         except TypeError:
             return 1  # an iterator: its length is not known
-        with self._client.changed:
-            slots = max(1, len(self._client.pythons))
+        with self._client.lock:
+            slots = max(1, len(self._client.slots))
         return -(-count // (4 * slots))  # rounded up
 
     def shutdown(self, wait=True, *, cancel_futures=False):
-        with self._client.changed:
+        with self._lock:
             if self._shutdown:
                 return
             self._shutdown = True
@@ -2104,8 +2728,19 @@ def map(fn, *iterables, timeout=None, chunksize=None, progress=False):  # noqa: 
 
 # -- host ---------------------------------------------------------------------
 
-class _Host:
-    """Keeps a shared cluster open: its access list, its welcomes, its watch."""
+class _Host(_Peer):
+    """Keeps a shared cluster open: its access list, its welcomes, its watch.
+
+    It holds two sessions on the board. pico.sh deletes the owner's access
+    list when a member's first session ends (bug B), and only a new session
+    stores it again; the session that stored a list deletes it when it ends.
+    So the keeper session is replaced when its list is gone, while the
+    spare, which joined when a list was stored (and so deletes nothing),
+    keeps the channel from emptying: pico.sh throws off the last pipe left on
+    a channel, which would otherwise be some member's worker.
+    """
+
+    role = "host"
 
     def __init__(self, config, cluster, user, members):
         if user != cluster.owner:
@@ -2114,67 +2749,76 @@ class _Host:
                 "user %s" % (user, user, cluster, cluster.owner))
         if cluster.personal:
             raise P2PError("%s is a personal cluster: it needs no host" % cluster)
-        self.config = config
-        self.cluster = cluster
-        self.user = user
-        self.id = _peer_id(user)
-        self.members = sorted(set(members) - {user})
+        members = sorted(set(members) - {user})
+        super().__init__(config, cluster, user, _peer_id(user), access=members or [user])
+        self.members = members
+        self.spare = _Board(config, cluster.channel, None)  # heard by no one: drained
         self.intruders = []
-        self.present = set()
+        self.present = []  # the pico users connected, one entry per session (ls)
         self.started = int(time.time())
         self.until = None  # when watch() will close it, for roll calls
         self.stopped = threading.Event()
         self._rival = threading.Event()
         self._backoff = _Backoff()
-        key, _ = _keys(config.secret, cluster)
-        self.board = _Board(config, cluster.channel, self._on_message, self._on_drop,
-                            access=self.members or [user], key=key)
 
     def open(self):
         # A list already stored may be a dead host's: only a live one refuses us.
+        self.start_loop()
         self.board.connect()
-        self.board.send("hello", id=self.id, role="host", user=self.user, py=PY)
+        self.say("hello", id=self.id, role="host", user=self.user, py=PY)
         if self._rival.wait(ANSWER_TIMEOUT):
-            self.board.close()
+            self.close()
             raise P2PError("%s is already hosted by another process of %s: stop it "
                            "first" % (self.cluster, self.user))
+        self._check()  # the list is stored: the spare session joins
         log.info("hosting %s for %s", self.cluster, ", ".join(self.members) or "nobody")
 
-    def _on_message(self, msg):
-        if not msg.authentic:
-            if msg.kind == "hello":  # unsigned, as the peer may lack our key
-                self.board.send("denied", signed=False, id=self.id, to=msg["id"], why=(
-                    "%s has a secret; ask %s for its file and set P2P_SECRET_FILE "
-                    "(yours, if you have one, is not it)" % (self.cluster, self.user)
-                    if self.board.key else "%s has no secret: unset P2P_SECRET and "
-                    "P2P_SECRET_FILE to join it" % self.cluster))
-            return
-        if msg.kind == "hello" and msg["id"] != self.id:
-            if msg["role"] == "host":
-                self.board.send("welcome", id=self.id, to=msg["id"], intruders=[])
-            elif msg["user"] in self.members or msg["user"] == self.user:
-                self.board.send("welcome", id=self.id, to=msg["id"],
-                                intruders=self.intruders)
-                (log.debug if msg["role"] == "observer" else log.info)(
-                    "%s joined as a %s (%s)", msg["user"], msg["role"], msg["id"])
-            else:
-                self.board.send("denied", id=self.id, to=msg["id"], why=(
-                    "%s is not a member of %s; ask %s to add you: python -m p2p "
-                    "host %s --users ...,%s" % (msg["user"], self.cluster, self.user,
-                                                self.cluster, msg["user"])))
-        elif msg.kind == "welcome" and msg["to"] == self.id:
-            self._rival.set()
-        elif msg.kind == "who":
-            self.board.send("here", id=self.id, to=msg["id"], role="host", user=self.user,
-                            py=PY, since=self.started,
-                            about={"members": self.members, "until": self.until})
-        elif msg.kind == "bye":
-            log.info("%s said goodbye", msg["id"])
+    def on_unsigned(self, msg):
+        if msg.kind == "hello":  # unsigned, as the peer may lack our key
+            self.say("denied", to=msg["id"], signed=False, id=self.id, why=(
+                "%s has a secret; ask %s for its file and set P2P_SECRET_FILE "
+                "(yours, if you have one, is not it)" % (self.cluster, self.user)
+                if self.key else "%s has no secret: unset P2P_SECRET and "
+                "P2P_SECRET_FILE to join it" % self.cluster))
 
-    def _on_drop(self):
+    def _on_hello(self, msg):
+        if msg["id"] == self.id:
+            return
+        if msg["role"] == "host":
+            self.say("welcome", to=msg["id"], id=self.id, intruders=[])
+        elif msg["user"] in self.members or msg["user"] == self.user:
+            self.say("welcome", to=msg["id"], id=self.id, intruders=self.intruders)
+            (log.debug if msg["role"] == "observer" else log.info)(
+                "%s joined as a %s (%s)", msg["user"], msg["role"], msg["id"])
+        else:
+            self.say("denied", to=msg["id"], id=self.id, why=(
+                "%s is not a member of %s; ask %s to add you: python -m p2p "
+                "host %s --users ...,%s" % (msg["user"], self.cluster, self.user,
+                                            self.cluster, msg["user"])))
+
+    def _on_welcome(self, msg):
+        if msg.to == self.id:
+            self._rival.set()
+
+    def _on_who(self, msg):
+        # Sessions on the board other than our two: the peers a roll call
+        # should hear from, also those still joining.
+        others = max(0, len(self.present) - 1 - self.spare.running())
+        self.say("here", to=msg["id"], id=self.id, role="host", user=self.user, py=PY,
+                 since=self.started, about={"members": self.members, "until": self.until,
+                                            "sessions": others})
+
+    def _on_bye(self, msg):
+        log.info("%s said goodbye", msg["id"])
+
+    def on_drop(self):
         if not self.stopped.is_set():
             log.info("the board dropped the host's session; reconnecting")
-            self._backoff.wait()
+            threading.Thread(target=self._reconnect, daemon=True).start()
+
+    def _reconnect(self):
+        self._backoff.wait()
+        if not self.stopped.is_set():
             self.board.connect()
             self._backoff.connected()
 
@@ -2199,9 +2843,11 @@ class _Host:
             # (and an owner's process may hold an empty one): store it again.
             log.info("the access list of %s is gone; storing it again", self.cluster)
             self.board.connect()
-        for gone in sorted(self.present - set(users)):
+        elif listed and not self.spare.running():
+            self.spare.connect()  # the list is stored: this session deletes nothing
+        for gone in sorted(set(self.present) - set(users)):
             log.info("%s left", gone)
-        self.present = set(users)
+        self.present = users
         intruders = sorted(set(users) - set(self.members) - {self.user})
         if intruders != self.intruders:
             if intruders:
@@ -2211,13 +2857,15 @@ class _Host:
             else:
                 log.info("no more non-members on the board of %s", self.cluster)
             self.intruders = intruders
-            self.board.send("intruders", id=self.id, users=intruders)
+            self.say("intruders", id=self.id, users=intruders)
         elif intruders:
-            self.board.send("intruders", id=self.id, users=intruders)  # for newcomers
+            self.say("intruders", id=self.id, users=intruders)  # for newcomers
 
     def close(self):
         self.stopped.set()
+        self.spare.close()
         self.board.close()
+        self.stop_loop()
 
 
 # -- status and doctor --------------------------------------------------------
@@ -2227,7 +2875,7 @@ _PROXIES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY
             "ALL_PROXY")
 # What each role tells a roll call, and the types we accept from strangers.
 _ABOUT = {
-    "host": {"members": list, "until": (int, type(None))},
+    "host": {"members": list, "until": (int, type(None)), "sessions": int},
     "worker": {"slots": int, "busy": int, "done": int},
     "client": {"queued": int, "running": int},
 }
@@ -2242,8 +2890,8 @@ class _RollCall(_Member):
         super().__init__(config, cluster, user, _peer_id(user))
         self.answers = {}
 
-    def handle(self, msg):
-        if msg.kind == "here" and msg["to"] == self.id:
+    def _on_here(self, msg):
+        if msg.to == self.id:
             self.answers[msg["id"]] = msg
 
 
@@ -2252,7 +2900,7 @@ def _census(config, cluster, user, wait=ANSWER_TIMEOUT):
     roll = _RollCall(config, cluster, user)
     try:
         roll.join()
-        roll.board.send("who", id=roll.id)
+        roll.say("who", id=roll.id)
         time.sleep(wait)  # the time we give everyone to answer
     finally:
         roll.leave()
@@ -2302,6 +2950,12 @@ def _show_census(found, out):
     for c in clients:
         print("  %s  %d queued, %d running, since %s" % (
             c["id"], c["queued"], c["running"], when(c["since"])), file=out)
+    # The host counts every session on the board (ours too): those that
+    # did not answer are peers joining or rejoining, or of another version.
+    silent = host["sessions"] - len(workers) - len(clients) - 1 if host else 0
+    if silent > 0:
+        print("%d more session(s) on the board did not answer: peers joining or "
+              "reconnecting, or of another p2p.py version" % silent, file=out)
 
 
 def _echo(config, user):
@@ -2599,3 +3253,4 @@ if __name__ == "__main__":
     # is named p2p.X, which any peer can import, and not __main__.X.
     import p2p
     sys.exit(p2p.main())
+

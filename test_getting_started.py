@@ -22,7 +22,8 @@ import pytest
 import p2p
 from localstack import namespace
 from test_localstack import on_channel
-from test_p2p import RawPeer, host, p2p_command, script, seven_in_flight, tasks_done, worker
+from test_p2p import host, p2p_command, script, seven_in_flight, tasks_done, worker
+from test_protocol import RawPeer
 
 PINNED = p2p.WORMHOLE_RELEASE
 
@@ -182,12 +183,12 @@ def test_status_ignores_answers_that_are_not_what_a_peer_would_say(stack, name):
     cluster = "alice/" + name
     host(stack, cluster, "carol,diana")
     liar = RawPeer(stack, "carol", cluster, "carol@liar")
-    on_channel(stack, "alice", cluster + "/board", "alice", "carol")
+    on_channel(stack, "alice", cluster + "/board", "alice", "alice", "carol")
     asking = p2p_command(stack, "diana", "status", cluster)
     who = liar.wait_for("who")
     for n, role, about in ((1, "host", {"members": [1, 2], "until": None}),
                            (2, "worker", {"slots": "many", "busy": 0, "done": 0})):
-        liar.send("here", id="carol@liar:%d" % n, to=who["id"], role=role, user="carol",
+        liar.send("here", who["id"], id="carol@liar:%d" % n, role=role, user="carol",
                   py=p2p.PY, since=0, about=about)
     assert asking.wait(30) == 0, asking.errors
     shown = asking.output.decode()

@@ -2,19 +2,29 @@
 
 One test per rule of pico-pipe.md, each through the real ssh client and
 the real sshd, as several pico users; then a wormhole-william transfer
-through the local mailbox and transit relay. Every topic is new per test:
-the board, like pico.sh, remembers access lists between connections.
+through the local mailbox and transit relay; then the stack's internet
+profile (each of its delays, measured through real ssh sessions and real
+transfers) and its board that chops what it forwards. Every topic is new
+per test: the board, like pico.sh, remembers access lists between
+connections.
 """
 
+import json
 import os
 import re
 import secrets
 import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
 import uuid
 
 import pytest
 
-from localstack import Stack, processes_mentioning, wait_until
+from localstack import (INTERNET, LOOPBACK, Stack, namespace, processes_mentioning,
+                        wait_until)
 
 
 @pytest.fixture
@@ -437,3 +447,209 @@ def test_stopping_a_stack_leaves_no_process(tmp_path):
         assert len(processes_mentioning(short.root)) >= 3  # board, sshd, relay
     assert processes_mentioning(short.root) == []
     assert session.process.poll() is not None
+
+
+# -- profiles: the internet, and a board that chops -------------------------------------
+#
+# These boards have no wormhole servers: the session's stack holds the
+# transit relay's port. The transfer test enters namespaces of its own.
+
+@pytest.fixture(scope="module")
+def _internet_board(tmp_path_factory):
+    with Stack(tmp_path_factory.mktemp("internet"), profile=INTERNET,
+               wormhole=False) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def _loopback_board(tmp_path_factory):
+    # Named, not the default: LOCALSTACK_INTERNET=1 may change the default.
+    with Stack(tmp_path_factory.mktemp("loopback"), profile=LOOPBACK,
+               wormhole=False) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def _chopped_board(tmp_path_factory):
+    with Stack(tmp_path_factory.mktemp("chopped"), profile=LOOPBACK, wormhole=False,
+               chop=16) as running:
+        yield running
+
+
+def _reaped(stack):
+    yield stack
+    stack.reap()
+
+
+@pytest.fixture
+def internet(_internet_board):
+    """A board on the internet profile; what a test started on it is killed."""
+    yield from _reaped(_internet_board)
+
+
+@pytest.fixture
+def loopback(_loopback_board):
+    yield from _reaped(_loopback_board)
+
+
+@pytest.fixture
+def chopped(_chopped_board):
+    """A loopback board that forwards in pieces of at most 16 bytes."""
+    yield from _reaped(_chopped_board)
+
+
+def seconds(action):
+    started = time.monotonic()
+    action()
+    return time.monotonic() - started
+
+
+def test_a_line_takes_80_ms_through_the_internet_board(internet, topic):
+    alice = host(internet, "alice", topic, "bob")
+    bob = internet.session("bob", "pipe", "alice/" + topic)
+    on_channel(internet, "alice", "alice/" + topic, "alice", "bob")
+    one_way, round_trip = [], []
+    for n in range(5):
+        started = time.monotonic()
+        alice.send("ping %d\n" % n)
+        bob.expect("ping %d\n" % n)
+        one_way.append(time.monotonic() - started)
+        bob.send("pong %d\n" % n)
+        alice.expect("pong %d\n" % n)
+        round_trip.append(time.monotonic() - started)
+    assert min(one_way) >= 0.080, one_way
+    assert min(round_trip) >= 0.160, round_trip
+    # Delayed once, not twice (the loopback board takes about a millisecond).
+    assert statistics.median(one_way) < 0.080 + 0.1, one_way
+
+
+def test_a_burst_of_lines_takes_one_delay_not_one_per_line(internet, topic):
+    writer = internet.session("alice", "pipe", topic)
+    reader = internet.session("alice", "pipe", topic)
+    on_channel(internet, "alice", "alice/" + topic, "alice", "alice")
+    started = time.monotonic()
+    for n in range(100):
+        writer.send("line %d\n" % n)  # 100 writes: reads and deliveries of their own
+    reader.expect("line 99\n")
+    elapsed = time.monotonic() - started
+    assert elapsed >= 0.080
+    assert elapsed < 1.0, elapsed  # a rate limit of one line per delay would take 8 s
+    assert reader.output == b"".join(b"line %d\n" % n for n in range(100))
+
+
+def test_an_ssh_connection_pays_the_set_up_delay(internet, loopback, topic):
+    def fastest(stack, argv):
+        return min(seconds(lambda: stack.run("alice", argv)) for _ in range(3))
+
+    for argv in (["ssh", "pico.sh", "user"], ["ssh", "pipe.pico.sh", "ls"]):
+        far, near = fastest(internet, argv), fastest(loopback, argv)
+        assert far >= 0.400, (argv, far)
+        assert far - near >= 0.400 - 0.1, (argv, far, near)
+    # A pipe too: its first line comes back (-r) after the set-up and the board.
+    def echo():
+        session = internet.session("alice", "pipe", topic, "-r")
+        session.send("first\n")
+        session.expect("first\n")
+    assert seconds(echo) >= 0.400 + 0.080
+
+
+def test_a_sub_gets_pub_e_s_byte_before_it_is_thrown_off(internet, topic):
+    sub = internet.session("alice", "sub", topic)
+    on_channel(internet, "alice", "alice/" + topic, "alice")
+    pub = internet.run("alice", ["ssh", "pipe.pico.sh", "pub", topic, "-e", "-c"])
+    assert pub.returncode == 255
+    assert sub.wait() == 255
+    assert sub.output == b"\0"  # the drop went after the delayed byte, not before
+
+
+def test_the_chopping_board_interleaves_concurrent_long_lines(chopped, topic):
+    lines = 500
+
+    def text(digits, n):  # a writer's own letters: its bytes can be told apart
+        line = "".join(digits[int(d)] for d in "%04d" % n)
+        return (line * 50)[:199] + "\n"
+
+    sent = {digits: "".join(text(digits, n) for n in range(lines)).encode()
+            for digits in ("abcdefghij", "ABCDEFGHIJ")}
+    writers = [chopped.session("alice", "pipe", topic) for _ in sent]
+    reader = chopped.session("alice", "pipe", topic)
+    on_channel(chopped, "alice", "alice/" + topic, "alice", "alice", "alice")
+    sending = [threading.Thread(target=w.send, args=(data,))
+               for w, data in zip(writers, sent.values())]
+    for thread in sending:
+        thread.start()
+    for thread in sending:
+        thread.join()
+    total = sum(map(len, sent.values()))
+    got = reader.wait_for(lambda out: out if len(out) >= total else None, timeout=60,
+                          what="%d bytes" % total).decode()
+    # Nothing lost and each writer's bytes in order, whatever came in between.
+    for digits, data in sent.items():
+        assert "".join(c for c in got if c in digits) == data.decode().replace("\n", "")
+    mixed = [line for line in got.split("\n")
+             if re.search("[a-j]", line) and re.search("[A-J]", line)]
+    assert len(mixed) >= lines // 10, "only %d of %d lines were cut" % (
+        len(mixed), 2 * lines)
+
+
+def _timed_transfer(stack, folder, size, receiver=("wormhole-william", "receive")):
+    """Seconds for a send (alice, wormhole-william) and a receive (bob) of size bytes."""
+    sent, received = os.path.join(folder, "out"), os.path.join(folder, "in")
+    os.makedirs(sent, exist_ok=True)
+    os.makedirs(received, exist_ok=True)
+    payload = os.urandom(size)
+    with open(os.path.join(sent, "payload.bin"), "wb") as f:
+        f.write(payload)
+    code = "%d-%s" % (secrets.randbelow(10 ** 6), secrets.token_hex(8))
+    started = time.monotonic()
+    sender = stack.spawn("alice", ["wormhole-william", "send", "--hide-progress",
+                                   "--code", code, "payload.bin"], cwd=sent,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    answer = stack.run("bob", list(receiver) + ["--hide-progress", code], cwd=received,
+                       input="y\n", timeout=60)
+    assert answer.returncode == 0, answer.stderr
+    assert sender.wait(60) == 0
+    elapsed = time.monotonic() - started
+    with open(os.path.join(received, "payload.bin"), "rb") as f:
+        assert f.read() == payload
+    os.remove(os.path.join(received, "payload.bin"))
+    return elapsed
+
+
+def transfers_on_both_profiles(root):
+    """Raw transfers on a loopback stack, then on an internet one; JSON in ROOT/times.json.
+
+    Run in namespaces of its own (see the test below): each stack has the
+    transit relay's port to itself.
+    """
+    found = {}
+    for profile in (LOOPBACK, INTERNET):
+        with Stack(os.path.join(root, profile.name), profile=profile) as stack:
+            folder = os.path.join(root, profile.name, "transfers")
+            found[profile.name] = [_timed_transfer(stack, folder, 100 << 10)
+                                   for _ in range(3)]
+            if profile is INTERNET:
+                # magic-wormhole's Python CLI, to the proxies as well.
+                found["python receiver"] = _timed_transfer(
+                    stack, folder, 100 << 10, ("wormhole", "receive", "--accept-file"))
+                for proxy in ("mailbox-proxy", "transit-proxy"):
+                    with open(os.path.join(stack.root, proxy + ".log")) as log:
+                        found[proxy] = log.read().count("connection from")
+    with open(os.path.join(root, "times.json"), "w") as f:
+        json.dump(found, f)
+
+
+def test_wormhole_transfers_cross_the_internet_profiles_proxies(tmp_path):
+    # Own namespaces, so that both stacks can have transit.magic-wormhole.io:4001.
+    status = namespace.enter([
+        sys.executable, "-c", "import test_localstack as t; "
+        "t.transfers_on_both_profiles(%r)" % str(tmp_path)])
+    assert status == 0
+    with open(tmp_path / "times.json") as f:
+        found = json.load(f)
+    # 4 transfers: each peer to the mailbox and to the relay (Python's
+    # receiver may connect to the sender directly instead).
+    assert found["mailbox-proxy"] >= 2 * 4, found
+    assert found["transit-proxy"] >= 2 * 3 + 1, found
+    # A few round trips of 80 ms to the mailbox at least, on top of loopback's.
+    assert min(found["internet"]) >= statistics.median(found["loopback"]) + 0.4, found

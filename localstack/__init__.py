@@ -15,6 +15,29 @@ that uses her config, so ``ssh pico.sh user`` answers ``alice`` and plain
 
     with Stack(workdir) as stack:
         stack.run("alice", ["ssh", "pico.sh", "user"])
+
+Profiles. Loopback answers in microseconds, the internet does not, so a
+stack runs on a Profile of delays, each a delay line (every byte arrives
+that long after it was read; order and throughput kept, no rate limit):
+
+* ``LOOPBACK``: no delay at all (the default);
+* ``INTERNET``: the board delivers each chunk a client writes to the
+  others 80 ms after it read it (a line takes ~80 ms peer to peer, a round
+  trip ~160 ms); every ssh connection, to either host, starts 400 ms late;
+  each peer is 40 ms each way from the wormhole mailbox and from the
+  transit relay (delaying TCP proxies, delayproxy.py, in front of both:
+  ``WORMHOLE_RELAY_URL`` names the mailbox's proxy and the transit relay's
+  proxy listens on transit.magic-wormhole.io:4001, the real relay behind
+  it on another port).
+
+``Stack(root, profile=INTERNET)`` (or ``profile="internet"``, or
+``Profile("mine", board_ms=..., ssh_ms=..., wormhole_ms=...)``) picks one;
+with no profile given, a Stack honours the environment variable
+``LOCALSTACK_INTERNET=1``, which ``python3 -m localstack run|shell|demo
+--internet`` sets, so a script run that way (bench/soak.py) is on the
+internet profile unless it says otherwise. ``Stack(root, chop=N)`` makes
+the board forward every read in pieces of at most N bytes, each delivered
+on its own, so that concurrent writers' long lines interleave often.
 """
 
 import os
@@ -25,6 +48,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 from localstack.namespace import HERE, TRANSIT_NAME
 
@@ -39,6 +63,43 @@ START_TIMEOUT = 20.0
 
 class StackError(Exception):
     """The local stack cannot start or is used outside its namespace."""
+
+
+# -- profiles: how far away the services are -----------------------------------
+
+class Profile(NamedTuple):
+    """The delays of a stack, in milliseconds (see the module's docstring)."""
+
+    name: str
+    board_ms: float = 0.0  # a chunk written to a pipe reaches its readers later
+    ssh_ms: float = 0.0  # added to the set-up of every ssh connection
+    wormhole_ms: float = 0.0  # each way between a peer and a wormhole server
+
+    def describe(self):
+        if self == LOOPBACK:
+            return "loopback profile: no delays"
+        return ("%s profile: board %g ms, ssh set-up %g ms, wormhole servers %g ms "
+                "each way" % (self.name, self.board_ms, self.ssh_ms, self.wormhole_ms))
+
+
+LOOPBACK = Profile("loopback")
+INTERNET = Profile("internet", board_ms=80, ssh_ms=400, wormhole_ms=40)
+PROFILES = {profile.name: profile for profile in (LOOPBACK, INTERNET)}
+INTERNET_VARIABLE = "LOCALSTACK_INTERNET"  # "1": Stacks default to INTERNET
+
+
+def choose_profile(profile=None):
+    """A Profile from a Profile, a name, or (None) the environment."""
+    if profile is None:
+        wanted = os.environ.get(INTERNET_VARIABLE, "")
+        return INTERNET if wanted not in ("", "0") else LOOPBACK
+    if isinstance(profile, Profile):
+        return profile
+    try:
+        return PROFILES[profile]
+    except KeyError:
+        raise StackError("no profile %r: use one of %s or a Profile"
+                         % (profile, ", ".join(PROFILES))) from None
 
 
 def free_port():
@@ -176,14 +237,21 @@ class Stack:
 
     ``fixed=True`` gives a board with the intended access-list semantics
     (no bug A or B). Only one stack with ``wormhole=True`` can run in a
-    namespace: wormhole-william dials the transit relay on a fixed port.
+    namespace: wormhole-william dials the transit relay on a fixed port
+    (for a second one, enter namespaces of its own: namespace.enter).
+    ``profile`` (a Profile or its name; None: LOCALSTACK_INTERNET decides)
+    sets the delays; ``chop=N`` cuts what the board forwards into pieces of
+    at most N bytes.
     """
 
-    def __init__(self, root, users=USERS, fixed=False, wormhole=True):
+    def __init__(self, root, users=USERS, fixed=False, wormhole=True, profile=None,
+                 chop=0):
         self.root = os.path.abspath(root)
         self.users = tuple(users) + (NEWCOMER,)
         self.fixed = fixed
         self.wormhole = wormhole
+        self.profile = choose_profile(profile)
+        self.chop = chop
         self.services = []
         self.processes = []
         self.relay_url = None
@@ -220,6 +288,7 @@ class Stack:
         kill_and_wait(processes_mentioning(self.root))
 
     def _start(self, name, argv, ready):
+        """Start a service whose log is ROOT/NAME.log, once it printed ready."""
         service = Service(name, argv, ready, os.path.join(self.root, name + ".log"))
         self.services.append(service)
         return service
@@ -249,7 +318,9 @@ class Stack:
     def _run_board(self):
         board = [sys.executable, "-u", os.path.join(HERE, "picoboard.py"), "serve",
                  "--socket", self.board_socket, "--pipe-port", str(self.pipe_port),
-                 "--pico-port", str(self.pico_port)]
+                 "--pico-port", str(self.pico_port),
+                 "--delay-ms", str(self.profile.board_ms),
+                 "--ssh-delay-ms", str(self.profile.ssh_ms), "--chop", str(self.chop)]
         self._start("picoboard", board + (["--fixed"] if self.fixed else []),
                     "board ready")
         # One "listening" line per port; the last one means both are bound.
@@ -268,7 +339,12 @@ class Stack:
         self._run_board()
 
     def _start_wormhole(self):
+        transit_address = socket.gethostbyname(TRANSIT_NAME)
+        delayed = bool(self.profile.wormhole_ms)
         mailbox_port = free_port()
+        # With a delay, the real transit relay moves aside: its proxy takes
+        # the port that wormhole-william dials.
+        transit_port = free_port() if delayed else TRANSIT_PORT
         self._start("mailbox", [
             SYSTEM_PYTHON, "-m", "twisted", "--log-format=text", "wormhole-mailbox",
             "--port=tcp:%d:interface=127.0.0.1" % mailbox_port,
@@ -276,10 +352,23 @@ class Stack:
         ], "starting on")
         self._start("transit", [
             SYSTEM_PYTHON, "-m", "twisted", "--log-format=text", "transitrelay",
-            "--port=tcp:%d:interface=%s" % (
-                TRANSIT_PORT, socket.gethostbyname(TRANSIT_NAME)),
+            "--port=tcp:%d:interface=%s" % (transit_port, transit_address),
         ], "starting on")
+        if delayed:
+            mailbox_port = self._start_delay_proxy(
+                "mailbox-proxy", ("127.0.0.1", free_port()), ("127.0.0.1", mailbox_port))
+            self._start_delay_proxy("transit-proxy", (transit_address, TRANSIT_PORT),
+                                    (transit_address, transit_port))
         self.relay_url = "ws://127.0.0.1:%d/v1" % mailbox_port
+
+    def _start_delay_proxy(self, name, listen, target):
+        """A delayproxy.py from listen to target (host, port); its port."""
+        self._start(name, [
+            sys.executable, "-u", os.path.join(HERE, "delayproxy.py"),
+            "--listen", "%s:%d" % listen, "--to", "%s:%d" % target,
+            "--delay-ms", str(self.profile.wormhole_ms),
+        ], "proxy ready")
+        return listen[1]
 
     # -- users ----------------------------------------------------------------
 

@@ -8,6 +8,12 @@
                                                (bench/soak.py), in the namespaces
     python3 -m localstack install              install the Debian packages and pytest
 
+``--internet`` (demo, shell, run, test) puts the stack on the internet
+profile: 80 ms from a board client to the others, 400 ms more per ssh
+connection, 40 ms each way to the wormhole servers (see Profile in
+localstack/__init__.py). It sets LOCALSTACK_INTERNET=1, so for ``run`` and
+``test`` it is the default of every Stack the script or the tests start.
+
 All of them need root: apt-get, unshare and mount do. Not root, they ask
 sudo. Nothing outside the private namespaces is changed but the packages.
 """
@@ -19,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 
-from localstack import NEWCOMER, USERS, Stack, namespace
+from localstack import INTERNET_VARIABLE, NEWCOMER, USERS, Stack, namespace
 
 APT_PACKAGES = (
     "openssh-server", "openssh-client", "wormhole-william", "magic-wormhole",
@@ -60,6 +66,7 @@ def shell(user, command, fixed=False):
         with Stack(workdir, fixed=fixed) as stack:
             print("localstack: pico board behind sshd on 127.0.0.1:%d (pipe.pico.sh)"
                   " and :%d (pico.sh)" % (stack.pipe_port, stack.pico_port))
+            print("localstack: %s" % stack.profile.describe())
             print("localstack: WORMHOLE_RELAY_URL=%s, transit relay on "
                   "127.0.0.1:4001" % stack.relay_url)
             print("localstack: users %s; logs and keys in %s"
@@ -80,6 +87,7 @@ def demo():
     cluster = "alice/p2p"
     try:
         with Stack(workdir) as stack:
+            print("localstack: %s" % stack.profile.describe(), flush=True)
             print("$ (alice) python -m p2p host %s --users bob,carol,diana" % cluster,
                   flush=True)
             host = stack.process("alice", python + ["host", cluster, "--users",
@@ -111,21 +119,29 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python3 -m localstack", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="a p2p cluster of three users, at work")
+    demo_parser = commands.add_parser("demo", help="a p2p cluster of three users, at work")
     commands.add_parser("_demo")  # the demo, in the namespace
-    commands.add_parser("test", help="install what is missing, run pytest")
+    test = commands.add_parser("test", help="install what is missing, run pytest")
     commands.add_parser("install", help="install the Debian packages and pytest")
     run = commands.add_parser("run", help="a script that starts its own Stack")
     run.add_argument("script")
+    internet_help = ("internet-like delays: board 80 ms, ssh set-up 400 ms, wormhole "
+                     "servers 40 ms each way (sets %s=1)" % INTERNET_VARIABLE)
+    for sub_parser in (demo_parser, test, run):
+        sub_parser.add_argument("--internet", action="store_true", help=internet_help)
     for name in ("shell", "_shell"):  # _shell: the shell, in the namespace
         sh = commands.add_parser(name, help="a shell, or -- CMD, as a user")
         sh.add_argument("user", nargs="?", default="alice",
                         choices=USERS + (NEWCOMER,))
         sh.add_argument("--fixed", action="store_true",
                         help="a board without pico.sh's access-list bugs A and B")
+        sh.add_argument("--internet", action="store_true", help=internet_help)
     args, pytest_args = parser.parse_known_args(argv)
     if args.command not in ("test", "run") and pytest_args:
         parser.error("unrecognized arguments: %s" % " ".join(pytest_args))
+    if getattr(args, "internet", False):
+        # Through sudo -E and into the namespace: Stack() reads it there.
+        os.environ[INTERNET_VARIABLE] = "1"
 
     if args.command == "_shell":
         return shell(args.user, command, args.fixed)

@@ -18,6 +18,18 @@ parts included, so that p2p.py is tested against the service as it is:
   leaves; ``ls`` names each client's pico user; ``user`` on the pico.sh
   host answers like ``ssh pico.sh user``.
 
+Two options play the internet and stress line handling (both off by
+default, so the board is as fast as loopback lets it be):
+
+* ``--delay-ms D``: each chunk a client writes reaches the other clients D
+  ms after the board read it, in order, and so does a drop that another
+  client's leaving causes: a delay line, not a rate limit (see DelayLine).
+  ``--ssh-delay-ms S``: every session (pipe, ls, user, ...) starts S ms
+  late, as ssh's set-up costs round trips on the internet.
+* ``--chop N``: forward each read in pieces of at most N bytes, each a
+  delivery of its own, so concurrent writers' long lines interleave often.
+  pico.sh forwards chunks of up to 32 KiB as read; this is that, exaggerated.
+
 Two programs live here. ``serve`` is the board: one asyncio process that
 owns every channel. ``session`` is the forced command that sshd runs for
 each connection (authorized_keys maps each key to its pico user): it
@@ -25,11 +37,13 @@ relays the ssh session's stdin to the board over a unix socket and the
 board's framed answers back to stdout, stderr and the exit status.
 
     python3 picoboard.py serve --socket S --pipe-port P --pico-port Q [--fixed]
+                               [--delay-ms D] [--ssh-delay-ms S] [--chop N]
     python3 picoboard.py session --socket S --user alice [--fingerprint F]
 """
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import random
@@ -180,22 +194,79 @@ class Client:
         return self.kind in ("pipe", "sub")
 
 
-class Board:
-    """Every channel and stored access list of one pico pipe server."""
+class DelayLine:
+    """A channel's deliveries, run in order, each ``delay`` s after it was queued.
 
-    def __init__(self, pipe_port, pico_port, fixed=False):
+    This is latency, not a rate limit: any number of deliveries are in
+    flight at once, each due at the time the board read its data plus the
+    delay. Up to LIMIT bytes may be in flight; beyond that, queuing waits,
+    so a reader that stalls still stalls the channel, as on pico.sh.
+    """
+
+    LIMIT = 4 << 20
+
+    def __init__(self, delay):
+        self.delay = delay
+        self.queue = collections.deque()  # (due time, action, size)
+        self.in_flight = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.runner = None
+
+    async def put(self, action, size=0):
+        """Run ``await action()`` delay s from now, after what was put before."""
+        await self.room.wait()
+        loop = asyncio.get_running_loop()
+        self.queue.append((loop.time() + self.delay, action, size))
+        self.in_flight += size
+        if self.in_flight >= self.LIMIT:
+            self.room.clear()
+        # The runner ends when the queue is empty; nothing else awaits between
+        # its last look at the queue and its end, so this never misses one.
+        if self.runner is None or self.runner.done():
+            self.runner = asyncio.create_task(self._run())
+
+    async def _run(self):
+        loop = asyncio.get_running_loop()
+        while self.queue:
+            due, action, size = self.queue.popleft()
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            await action()
+            self.in_flight -= size
+            if self.in_flight < self.LIMIT:
+                self.room.set()
+
+
+class Board:
+    """Every channel and stored access list of one pico pipe server.
+
+    delay and ssh_delay (seconds) and chop (bytes) are the options of
+    the module's docstring; 0 turns each off.
+    """
+
+    def __init__(self, pipe_port, pico_port, fixed=False, delay=0.0, ssh_delay=0.0,
+                 chop=0):
         self.pipe_port = pipe_port
         self.pico_port = pico_port
         self.fixed = fixed
+        self.delay = delay
+        self.ssh_delay = ssh_delay
+        self.chop = chop
         self.channels = {}  # channel name -> [Client]
         self.access = {}  # channel name -> [user or fingerprint]
         self.waiting = {}  # channel name -> [client id] of blocked pubs
+        self.lines = {}  # channel name -> DelayLine, when delay is on
         self.changed = asyncio.Condition()
 
     async def handle(self, reader, writer):
         session = None
         try:
             header = json.loads(await reader.readline())
+            if self.ssh_delay:
+                # The round trips of ssh's set-up on the internet: the session
+                # starts late, whatever it runs; its stdin waits in the socket.
+                await asyncio.sleep(self.ssh_delay)
             session = Session(self, reader, writer, header)
             await session.run()
         except (OSError, ValueError, asyncio.IncompleteReadError):
@@ -254,12 +325,16 @@ class Board:
         clients.remove(client)
         if not clients:
             del self.channels[channel]
+            # Deliveries still in flight go on: the line's runner holds them.
+            self.lines.pop(channel, None)
         elif not any(c.kind == "pub" for c in clients) and sum(
             c.kind == "pipe" for c in clients
         ) <= 1:
             for other in list(clients):
                 if not (other.kind == "sub" and other.keep_alive):
-                    await other.session.drop()
+                    # After what is in flight to them: a sub is sent pub -e's
+                    # NUL byte before it is thrown off, also with a delay.
+                    await self.in_order(channel, other.session.drop)
         async with self.changed:
             self.changed.notify_all()
 
@@ -267,10 +342,28 @@ class Board:
         return any(c.reads for c in self.channels.get(channel, []))
 
     async def deliver(self, channel, sender, data):
-        # Delivery is synchronous per channel: one slow reader stalls all.
-        for client in list(self.channels.get(channel, [])):
-            if client.reads and (client is not sender or client.replay):
+        # Who receives is settled now, as the board reads the data; with a
+        # delay it arrives later, also at those who have left meanwhile
+        # (their sessions ignore it). Delivery is synchronous per channel:
+        # one slow reader stalls all.
+        readers = [client for client in self.channels.get(channel, [])
+                   if client.reads and (client is not sender or client.replay)]
+
+        async def send():
+            for client in readers:
                 await client.session.send(OUT, data)
+
+        await self.in_order(channel, send, len(data))
+
+    async def in_order(self, channel, action, size=0):
+        """Run action for the channel's clients now, or through its delay line."""
+        if not self.delay:
+            await action()
+            return
+        line = self.lines.get(channel)
+        if line is None:
+            line = self.lines[channel] = DelayLine(self.delay)
+        await line.put(action, size)
 
     def listing(self, user):
         prefix = user + "/"
@@ -296,9 +389,10 @@ class Board:
         return "\r\n".join(lines) + "\r\n"
 
 
-async def serve_board(socket_path, pipe_port, pico_port, fixed=False):
+async def serve_board(socket_path, pipe_port, pico_port, fixed=False, delay=0.0,
+                      ssh_delay=0.0, chop=0):
     """Run a board on a unix socket until cancelled."""
-    board = Board(pipe_port, pico_port, fixed)
+    board = Board(pipe_port, pico_port, fixed, delay, ssh_delay, chop)
     server = await asyncio.start_unix_server(board.handle, path=socket_path)
     print("board ready on", socket_path, flush=True)
     async with server:
@@ -498,11 +592,19 @@ class Session:
         return False
 
     async def _forward(self, channel, client):
+        chop = self.board.chop
         while True:
             data = await self.reader.read(CHUNK)
             if not data:
                 break
-            await self.board.deliver(channel, client, data)
+            if not chop:
+                await self.board.deliver(channel, client, data)
+                continue
+            for start in range(0, len(data), chop):
+                await self.board.deliver(channel, client, data[start:start + chop])
+                # Let the other writers' sessions forward a piece in between:
+                # nothing above has to wait, so without this they never would.
+                await asyncio.sleep(0)
         await self.close()
 
 
@@ -611,6 +713,12 @@ def main(argv=None):
     serve.add_argument("--pico-port", type=int, required=True)
     serve.add_argument("--fixed", action="store_true",
                        help="intended semantics: no bug A or B")
+    serve.add_argument("--delay-ms", type=float, default=0.0,
+                       help="deliver each chunk this long after it was read")
+    serve.add_argument("--ssh-delay-ms", type=float, default=0.0,
+                       help="start every session this much later")
+    serve.add_argument("--chop", type=int, default=0, metavar="N",
+                       help="forward each read in pieces of at most N bytes")
     session = commands.add_parser("session", help="relay one ssh session")
     session.add_argument("--socket", required=True)
     session.add_argument("--user", default="")
@@ -621,7 +729,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         asyncio.run(serve_board(args.socket, args.pipe_port, args.pico_port,
-                                args.fixed))
+                                args.fixed, args.delay_ms / 1000.0,
+                                args.ssh_delay_ms / 1000.0, args.chop))
     except KeyboardInterrupt:
         pass
 
