@@ -138,8 +138,12 @@ MAX_LINE = 9 * 1024  # longer board lines are noise
 # Tasks a worker slot holds at once: one running, two in hand. One in hand
 # is what keeps a slot from waiting a board round trip between tasks; the
 # second covers a round trip of 160 ms when tasks take less than that. A
-# deeper queue lets one slot hoard tasks another could run.
+# deeper queue lets one slot hoard tasks another could run, so a client
+# fills a slot that deep only once its tasks there proved QUICK; until then,
+# and for long tasks (where a round trip between them is a small cost), it
+# gives a slot one task at a time.
 DEPTH = 3
+QUICK = 1.0  # seconds from assignment to result of a task that counts as quick
 _LOST_TASK = "the task did not arrive"  # a worker's decline after a failed transfer
 
 
@@ -787,11 +791,13 @@ _MESSAGES = {
     # A task, sealed: `of` pieces of data on the board (0: it comes by wormhole).
     "assign": {"id": str, "task": str, "dh": str, "py": str, "size": int,
                "n": int, "of": int, "data": str},  # workers; other clients
-    # These four also carry a tag only the task's two peers can make (_tag).
+    # These five also carry a tag only the task's two peers can make (_tag).
     "decline": {"id": str, "task": str, "why": str, "tag": str},  # clients
     "result": {"id": str, "task": str, "size": int, "free": int,
                "n": int, "of": int, "data": str, "tag": str},  # clients
     "took": {"id": str, "task": str, "tag": str},  # workers: the result arrived
+    # The pieces of a payload that did not arrive ("0,3"), asked of its sender.
+    "again": {"id": str, "task": str, "missing": str, "tag": str},  # clients; workers
     "withdraw": {"id": str, "task": str, "tag": str},  # workers
     "alive": {"id": str, "held": _NAMES},  # everyone; held: a worker's tasks
     "bye": {"id": str},  # everyone
@@ -1286,20 +1292,34 @@ def _pieces(sealed):
             for at in range(0, len(sealed), _PIECE)] or [""]
 
 
+class _Partial:
+    """A payload of which some pieces have arrived."""
+
+    def __init__(self, first, now):
+        self.first = first  # a piece of it: who sent it, for which task
+        self.size, self.of = first["size"], first["of"]
+        self.got = {}  # piece number -> bytes
+        self.since = self.heard = now
+        self.asked = 0  # times its missing pieces were asked for
+
+
 class _Assembly:
     """Payloads arriving on the board in pieces, by sender, task and kind.
 
-    A piece can be lost (a cut line is noise): an incomplete payload is
-    dropped after a while, and its sender sends it again (a worker repeats
-    its result until it is taken, a client its task until the worker says
-    it holds it).
+    A piece can be lost (a cut or mixed line is noise): the receiver asks
+    for the missing pieces of a payload that stopped arriving (stalled);
+    one whose pieces were all lost is sent again by its sender (a worker
+    repeats its result until it is taken, a client its task until the
+    worker says it holds it). An incomplete payload is dropped after KEEP.
     """
 
     KEEP = 60.0  # seconds an incomplete payload is kept
     MOST = 256  # incomplete payloads kept at once
+    ASK_AFTER = 0.5  # seconds without a piece before asking for the rest
+    ASKS = 5  # times we ask
 
     def __init__(self):
-        self._partial = {}  # (sender, task, kind) -> (since, size, of, {n: bytes})
+        self._partial = {}  # (sender, task, kind) -> _Partial
 
     def add(self, msg):
         """The whole sealed payload once its last piece is in, else None."""
@@ -1315,19 +1335,36 @@ class _Assembly:
         if of == 1:
             return data
         now = time.monotonic()
-        for stale in [k for k, v in self._partial.items() if now - v[0] > self.KEEP]:
+        for stale in [k for k, v in self._partial.items() if now - v.since > self.KEEP]:
             del self._partial[stale]
         which = (msg["id"], msg["task"], msg.kind)
-        since, known_size, known_of, got = self._partial.get(which, (now, size, of, {}))
-        if (known_size, known_of) != (size, of):
-            got = {}  # another payload under that name: the new one counts
-        got[n] = data
-        if len(got) < of:
+        entry = self._partial.get(which)
+        if entry is None or (entry.size, entry.of) != (size, of):
+            entry = _Partial(msg, now)  # another payload under that name: the new one counts
+        entry.got[n], entry.heard = data, now
+        if len(entry.got) < of:
             if len(self._partial) < self.MOST or which in self._partial:
-                self._partial[which] = (since, size, of, got)
+                self._partial[which] = entry
             return None
         self._partial.pop(which, None)
-        return b"".join(got[i] for i in range(of))
+        return b"".join(entry.got[i] for i in range(of))
+
+    def stalled(self):
+        """[(a piece, the numbers of the missing ones)] of payloads that
+        stopped arriving: to ask their senders for again."""
+        now, asks = time.monotonic(), []
+        for entry in self._partial.values():
+            if now - entry.heard > self.ASK_AFTER and entry.asked < self.ASKS:
+                entry.asked, entry.heard = entry.asked + 1, now
+                asks.append((entry.first, ",".join(
+                    str(n) for n in range(entry.of) if n not in entry.got)))
+        return asks
+
+
+def _missing(msg):
+    """The piece numbers an "again" line asks for."""
+    return {int(n) for n in msg["missing"].split(",")[:BOARD_MAX // _PIECE + 1]
+            if n.isdigit() and len(n) < 4}
 
 
 def _code(digest):
@@ -1851,6 +1888,11 @@ class _Worker(_Member):
         if job is not None and job.result is not None and _tagged(msg, job.line_key):
             self._forget(job)
 
+    def _on_again(self, msg):
+        job = self.jobs.get(msg["task"])
+        if job is not None and isinstance(job.result, bytes) and _tagged(msg, job.line_key):
+            self._say_result(job, _missing(msg))
+
     def _on_withdraw(self, msg):
         job = self.jobs.get(msg["task"])
         if job is not None and job.slot.id == msg.to and _tagged(msg, job.line_key):
@@ -1878,6 +1920,16 @@ class _Worker(_Member):
                     self._forget(job)
                 else:
                     self._say_result(job)
+        for first, missing in self.assembly.stalled():
+            slot, task = self.slots.get(first.to), first["task"]
+            if slot is None or task in self.jobs or task in self.seen:
+                continue
+            try:
+                key = _payload_key(self.share.root(first["dh"], self.salt), task, b"lines")
+            except P2PError:
+                continue
+            self.say("again", to=first["id"], id=slot.id, task=task, missing=missing,
+                     tag=_tag(key, "again", slot.id, task))
         if now - self.announced >= IDLE_EVERY:
             self._announce()
 
@@ -1958,7 +2010,8 @@ class _Worker(_Member):
         self.say("decline", to=job.client, id=job.slot.id, task=job.id, why=why,
                  tag=_tag(job.line_key, "decline", job.slot.id, job.id))
 
-    def _say_result(self, job):
+    def _say_result(self, job, only=None):
+        """Say the job's result on the board (only these pieces, if given)."""
         job.said = time.monotonic()
         job.repeats += 1
         fields = dict(to=job.client, id=job.slot.id, task=job.id, free=job.slot.free,
@@ -1969,8 +2022,9 @@ class _Worker(_Member):
             return
         pieces = _pieces(job.result)
         for n, data in enumerate(pieces):
-            self.say("result", size=len(job.result), n=n, of=len(pieces), data=data,
-                     **fields)
+            if only is None or n in only:
+                self.say("result", size=len(job.result), n=n, of=len(pieces), data=data,
+                         **fields)
 
     def _send_result(self, job):
         try:
@@ -2107,6 +2161,7 @@ class _SlotView:
 
     def __init__(self, py, dh, free):
         self.py, self.dh, self.free = py, dh, free
+        self.quick = False  # our last task there came back within QUICK
 
 
 def _pick(py, failed_on, slots):
@@ -2166,7 +2221,16 @@ class _Client(_Member):
     # What the board says to us.
 
     def _on_idle(self, msg):
-        self.slots[msg["id"]] = _SlotView(msg["py"], msg["dh"], min(msg["free"], DEPTH))
+        known = self.slots.get(msg["id"])
+        if known is not None and known.dh != msg["dh"]:
+            return  # a worker's share is its for life: this is someone posing as it
+        if known is None:
+            known = self.slots[msg["id"]] = _SlotView(msg["py"], msg["dh"], 0)
+        known.free = min(msg["free"], DEPTH)
+        for task in list(self.tasks.values()):
+            if (task.slot == msg["id"] and task.state == "assigned" and msg["free"] == DEPTH
+                    and time.monotonic() - task.said_at > 1.0):
+                self._resend(task)  # the slot holds nothing: it never got there
         self._dispatch()
 
     def _on_assign(self, msg):
@@ -2186,6 +2250,8 @@ class _Client(_Member):
             if task.state == "receiving" and msg["of"] and msg["n"] == 0:
                 self._say_took(task)  # ours was lost
             return
+        if view is not None:
+            view.quick = time.monotonic() - task.assigned_at < QUICK
         if msg["of"]:
             sealed = self.assembly.add(msg)
             if sealed is None:
@@ -2216,6 +2282,12 @@ class _Client(_Member):
         failed = msg["why"].startswith((_LOST_TASK, "stopped:"))
         self._retry(task, msg["why"], failed)
 
+    def _on_again(self, msg):
+        task = self.tasks.get(msg["task"])
+        if (task is not None and task.slot == msg["id"] and task.state == "assigned"
+                and task.sealed is not None and _tagged(msg, task.keys[2])):
+            self._say_assign(task, _missing(msg))
+
     def _on_alive(self, msg):
         held = set(msg["held"])
         for task in list(self.tasks.values()):
@@ -2239,10 +2311,16 @@ class _Client(_Member):
             if last == float("-inf"):
                 self._retry(task, "left the board", error=WorkerLost)
             elif silent > LOST_AFTER:
+                for slot in [s for s in self.slots if _process_of(s) == _process_of(task.slot)]:
+                    del self.slots[slot]  # until it speaks again
                 self._retry(task, "lost (silent for %.0fs)" % silent, error=WorkerLost)
-            elif (task.state == "assigned" and task.resent < self.RESENDS and
-                  now - max(task.said_at, last) > self.RESEND_AFTER):
+            elif task.state == "assigned" and now - max(task.said_at, last) > self.RESEND_AFTER:
                 self._resend(task)  # no word from its worker: the line may be lost
+        for first, missing in self.assembly.stalled():
+            task = self.tasks.get(first["task"])
+            if task is not None and task.slot == first["id"] and task.state == "assigned":
+                self.say("again", to=task.slot, id=self.id, task=task.id, missing=missing,
+                         tag=_tag(task.keys[2], "again", self.id, task.id))
         if self.tasks and now - self.alive_said >= ALIVE_EVERY:
             self.say("alive", id=self.id, held=[])
             self.alive_said = now
@@ -2261,9 +2339,12 @@ class _Client(_Member):
         # way to it: we never hold more than DEPTH there ourselves.
         mine = collections.Counter(t.slot for t in self.tasks.values()
                                    if t.state == "assigned")
+
+        def space(slot, view):
+            return min(view.free, (DEPTH if view.quick else 1) - mine[slot])
+
         for task in list(self.queue):
-            room = {s: (v.py, min(v.free, DEPTH - mine[s])) for s, v in self.slots.items()
-                    if min(v.free, DEPTH - mine[s]) > 0}
+            room = {s: (v.py, space(s, v)) for s, v in self.slots.items() if space(s, v) > 0}
             if not room:
                 return
             slot = _pick(task.py, task.failed_on, room)
@@ -2301,7 +2382,8 @@ class _Client(_Member):
                              daemon=True).start()
         self._say_assign(task)
 
-    def _say_assign(self, task):
+    def _say_assign(self, task, only=None):
+        """Say the task's assignment on the board (only these pieces, if given)."""
         fields = dict(to=task.slot, id=self.id, task=task.id, dh=self.share.public,
                       py=task.py)
         if task.sealed is None:
@@ -2310,8 +2392,9 @@ class _Client(_Member):
             return
         pieces = _pieces(task.sealed)
         for n, data in enumerate(pieces):
-            self.say("assign", size=len(task.sealed), n=n, of=len(pieces), data=data,
-                     **fields)
+            if only is None or n in only:
+                self.say("assign", size=len(task.sealed), n=n, of=len(pieces), data=data,
+                         **fields)
 
     def _resend(self, task):
         if task.resent >= self.RESENDS:

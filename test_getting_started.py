@@ -210,7 +210,7 @@ def test_magic_wormhole_and_wormhole_william_peers_work_together(stack, name, tm
     both = """
         import os, p2p
         with p2p.Executor(os.environ["P2P_CLUSTER"]) as ex:
-            print(ex.submit(bytes, 300000).result(60) == bytes(300000))
+            print(ex.submit(bytes, bytes(300000)).result(60) == bytes(300000))
             print(ex.submit(lambda: os.environ["PATH"]).result(60))  # the worker's
     """
     william = script(stack, "bob", both, env={"P2P_CLUSTER": cluster})

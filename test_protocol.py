@@ -113,6 +113,10 @@ def test_a_payload_goes_in_pieces_and_comes_whole_in_any_order():
 
     assembly = p2p._Assembly()
     assert [assembly.add(line(n)) for n in (2, 0, 3)] == [None, None, None]
+    assembly.ASK_AFTER = 0.0  # the rest stopped coming: ask for it
+    (first, missing), = assembly.stalled()
+    assert missing == "1" and first["task"] == "t1"
+    assert p2p._missing(p2p._Message("again", "x", {"missing": missing + ",x,-2,99999"})) == {1}
     assert assembly.add(line(0, data="!!")) is None  # noise is dropped
     assert assembly.add(line(1)) == sealed
     assert assembly.add(line(1, size=len(sealed) + 1)) is None  # a shape no peer sends
@@ -393,7 +397,7 @@ def hostile_line(rng, heard, victims):
                       "py": p2p.PY, "size": rng.randrange(10 ** 6), "n": 0, "of": 1,
                       "free": 3, "data": "AAAA", "why": "busy", "held": [], "role": "client",
                       "user": "bob", "users": [], "intruders": [], "since": 1, "about": {},
-                      "tag": "0" * 32}
+                      "tag": "0" * 32, "missing": "0,1"}
             fields = {k: v for k, v in fields.items() if k in p2p._MESSAGES[kind]}
             fields[rng.choice(list(fields))] = odd()
         return json.dumps(fields).encode()

@@ -430,12 +430,14 @@ class ProfileRun:
     def run(self):
         for case in CASES:
             name = case.__name__.replace("_", " ")
-            print("%s: %s" % (self.profile.name, name), flush=True)
+            print("%s: %s ..." % (self.profile.name, name), end=" ", flush=True)
+            started = time.monotonic()
             try:
                 case(self)
             except Exception as exc:
-                print("%s: %s failed: %s" % (self.profile.name, name, exc), flush=True)
+                print("failed: %s" % exc, end=" ")
                 self.failed(name, exc)
+            print("%.0f s" % (time.monotonic() - started), flush=True)
         return self.rows
 
     # The floors (first: every case below is set against them).
@@ -452,7 +454,7 @@ class ProfileRun:
                                      ("10 MB", 10 * MB, self.runs(5, 3)),
                                      ("100 MB", 100 * MB, self.runs(3, 2))):
                 times = repeat(lambda: raw_transfer(self.stack, size, folder), runs,
-                               self.budget(20))
+                               self.budget(15))
                 self.floors[name] = statistics.median(times)
                 self.add("floor: one raw %s transfer" % name, times, "s")
 
@@ -470,7 +472,7 @@ class ProfileRun:
         workers = start_workers(self.stack, 1)
         try:
             found = measure(self.stack, LATENCY, runs=self.runs(30, 10),
-                            budget=self.budget(30), seal=SEAL_OVERHEAD)
+                            budget=self.budget(20), seal=SEAL_OVERHEAD)
         finally:
             stop(workers)
         times, median = found["times"], statistics.median(found["times"])
@@ -488,7 +490,7 @@ class ProfileRun:
         workers = start_workers(self.stack, 1)
         try:
             firsts = repeat(lambda: measure(self.stack, FIRST_RESULT),
-                            self.runs(5, 3), self.budget(30))
+                            self.runs(5, 3), self.budget(20))
         finally:
             stop(workers)
         median = statistics.median(firsts)
@@ -505,7 +507,7 @@ class ProfileRun:
         workers = start_workers(self.stack, 2)
         try:
             times = repeat(lambda: measure(self.stack, SUBMITS), self.runs(5, 3),
-                           self.budget(60))
+                           self.budget(20))
         finally:
             stop(workers)
         case = "40 x submit(square, i), then all results, 2 worker slots"
@@ -519,7 +521,7 @@ class ProfileRun:
         workers = start_workers(self.stack, 2)
         try:
             times = repeat(lambda: measure(self.stack, THROUGHPUT), self.runs(5, 3),
-                           self.budget(30))
+                           self.budget(20))
         finally:
             stop(workers)
         limit = 3.0 if self.internet else 5.0
@@ -530,7 +532,7 @@ class ProfileRun:
         workers = start_workers(self.stack, 1)
         try:
             bulk = repeat(lambda: measure(self.stack, BULK, size=10 * MB),
-                          self.runs(5, 3), self.budget(40))
+                          self.runs(5, 3), self.budget(15))
         finally:
             stop(workers)
         times, floor = [b[0] for b in bulk], self.two("10 MB")
@@ -545,7 +547,7 @@ class ProfileRun:
         workers = start_workers(self.stack, 1)
         try:
             bulk = repeat(lambda: measure(self.stack, BULK, size=100 * MB),
-                          self.runs(3, 2), self.budget(60))
+                          self.runs(3, 2), self.budget(25))
         finally:
             stop(workers)
         times, floor = [b[0] for b in bulk], self.two("100 MB")
@@ -561,7 +563,7 @@ class ProfileRun:
             workers = start_workers(self.stack, count)
             try:
                 times[count] = repeat(lambda: measure(self.stack, SCALING),
-                                      self.runs(3, 2), self.budget(45))
+                                      self.runs(3, 2), self.budget(25))
             finally:
                 stop(workers)
             self.add("scaling: 8 x 1 s of CPU, %d worker(s)" % count, times[count], "s",
@@ -574,7 +576,7 @@ class ProfileRun:
         workers = start_workers(self.stack, 20, processes=20)
         try:
             times = repeat(lambda: measure(self.stack, NAPS), self.runs(2, 1),
-                           self.budget(60))
+                           self.budget(30))
         finally:
             stop(workers)
         case = "scale: map(1 s sleep, 200 calls, chunksize=1), 20 worker processes"
@@ -585,7 +587,7 @@ class ProfileRun:
             self.add(case, times, "s", floor, "<= 13 s", statistics.median(times) <= 13)
 
     def board_traffic(self):
-        found = {n: board_traffic(self.stack, n, self.runs(20, 10), self.budget(10))
+        found = {n: board_traffic(self.stack, n, self.runs(20, 10), self.budget(8))
                  for n in (1, 2, 4)}
         same = len({round(lines) for lines, _, _ in found.values()}) == 1
         for n, (lines, size, sealed) in found.items():
@@ -618,7 +620,7 @@ class ProfileRun:
 
     def worker_start_up(self):
         starts = repeat(lambda: worker_start(self.stack), self.runs(5, 3),
-                        self.budget(30))
+                        self.budget(15))
         floor = ("ssh", self.floors["ssh"])
         if self.internet:
             self.add("start-up: worker until ready", starts, "s", floor)
