@@ -1157,10 +1157,17 @@ class _KeyShare:
         self._secret = secrets.randbits(256) | (1 << 255)
         public = pow(2, self._secret, _DH_PRIME)
         self.public = base64.b64encode(public.to_bytes(256, "big")).decode()
+        self.fingerprint = _fingerprint(self.public)
         self._roots = {}  # (peer's share, salt) -> the key we share
+        self._shares = {}  # fingerprint -> a peer's share we have used
 
     def root(self, peer_public, salt=b""):
-        """The key shared with the peer whose share this is, or P2PError."""
+        """The key shared with the peer whose share (or its fingerprint, once
+        we used the share) this is, or P2PError."""
+        if len(peer_public) == len(self.fingerprint):
+            if peer_public not in self._shares:
+                raise P2PError(_UNKNOWN_SHARE)
+            peer_public = self._shares[peer_public]
         if (peer_public, salt) not in self._roots:
             try:
                 value = int.from_bytes(base64.b64decode(peer_public, validate=True), "big")
@@ -1174,9 +1181,20 @@ class _KeyShare:
             shared = pow(value, self._secret, _DH_PRIME).to_bytes(256, "big")
             if len(self._roots) > 4096:
                 self._roots.clear()
+                self._shares.clear()
+            self._shares[_fingerprint(peer_public)] = peer_public
             self._roots[peer_public, salt] = hmac.new(salt or b"p2p", shared,
                                                       "sha256").digest()
         return self._roots[peer_public, salt]
+
+
+_UNKNOWN_SHARE = "unknown key share"  # a fingerprint of a share we never had
+
+
+def _fingerprint(share):
+    """A key share's short name: a client names its share so once a worker
+    has it, 16 characters on the board instead of 344."""
+    return hashlib.sha256(share.encode()).hexdigest()[:16]
 
 
 def _payload_key(root, task, what):
@@ -1804,11 +1822,18 @@ class _Worker(_Member):
         self.seen = collections.deque(maxlen=10000)  # task ids assigned to us
         self.stopped = threading.Event()
         self.alive_said = self.announced = 0.0
+        self.spare = _Board(config, cluster.channel, None)  # heard by no one: drained
 
     def wants(self, kind, to):
         return to in ("*", self.id) or to in self.slots
 
     def _joined(self):
+        if self.cluster.personal and not self.spare.running():
+            # pico.sh throws off the last pipe left on a channel, and a
+            # personal board has no host to keep us company: without this
+            # second session we would be thrown off each time the last
+            # client leaves, and be away while the next one arrives.
+            self.spare.connect()
         self._announce()
 
     def _announce(self, only=None):
@@ -2079,6 +2104,7 @@ class _Worker(_Member):
     def stop(self):
         self.stopped.set()
         self.leave()
+        self.spare.close()
         for slot in self.slots.values():
             slot.queue.put(None)
             slot.runner.stop()
@@ -2195,6 +2221,7 @@ class _Client(_Member):
         self.queue = collections.deque()  # queued tasks
         self.tasks = {}  # task id -> _Task, assigned or receiving
         self.assembly = _Assembly()
+        self.known_to = set()  # worker processes that have our key share
         self.alive_said = 0.0
         # Futures are settled on a thread of their own: user callbacks run
         # there, never on the peer's thread, and large results load there.
@@ -2246,6 +2273,7 @@ class _Client(_Member):
         if task is None or task.slot != msg["id"] or not _tagged(msg, task.keys[2]):
             self._dispatch()
             return
+        self.known_to.add(_process_of(msg["id"]))  # its tag proves it has our share
         if task.state != "assigned":
             if task.state == "receiving" and msg["of"] and msg["n"] == 0:
                 self._say_took(task)  # ours was lost
@@ -2275,6 +2303,11 @@ class _Client(_Member):
 
     def _on_decline(self, msg):
         task = self.tasks.get(msg["task"])
+        if task is not None and task.slot == msg["id"] and msg["why"] == _UNKNOWN_SHARE:
+            # It cannot tag this, nor can it have run the task: say all of it again.
+            self.known_to.discard(_process_of(task.slot))
+            self._retry(task, msg["why"], failed=False)
+            return
         if task is None or task.slot != msg["id"] or not _tagged(msg, task.keys[2]):
             return  # not an answer from the slot this task was assigned to
         if msg["why"] == "busy" and msg["id"] in self.slots:
@@ -2384,8 +2417,9 @@ class _Client(_Member):
 
     def _say_assign(self, task, only=None):
         """Say the task's assignment on the board (only these pieces, if given)."""
-        fields = dict(to=task.slot, id=self.id, task=task.id, dh=self.share.public,
-                      py=task.py)
+        known = _process_of(task.slot) in self.known_to
+        fields = dict(to=task.slot, id=self.id, task=task.id, py=task.py,
+                      dh=self.share.fingerprint if known else self.share.public)
         if task.sealed is None:
             self.say("assign", size=task.size + SEAL_OVERHEAD, n=0, of=0, data="",
                      **fields)
@@ -2884,10 +2918,18 @@ class _Host(_Peer):
             self._rival.set()
 
     def _on_who(self, msg):
-        # Sessions on the board other than our two: the peers a roll call
-        # should hear from, also those still joining.
-        others = max(0, len(self.present) - 1 - self.spare.running())
-        self.say("here", to=msg["id"], id=self.id, role="host", user=self.user, py=PY,
+        threading.Thread(target=self._answer_roll_call, args=(msg["id"],), daemon=True,
+                         name="p2p-roll-call").start()
+
+    def _answer_roll_call(self, asker):
+        # How many sessions are on the board now, but our own: those a roll
+        # call should hear from, also peers still joining or rejoining.
+        try:
+            _, users = _ls(self.config).get(self.cluster.channel, (None, []))
+        except P2PError:
+            users = self.present
+        others = max(0, len(users) - 1 - self.spare.running())
+        self.say("here", to=asker, id=self.id, role="host", user=self.user, py=PY,
                  since=self.started, about={"members": self.members, "until": self.until,
                                             "sessions": others})
 

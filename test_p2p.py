@@ -322,7 +322,7 @@ def test_the_host_stores_the_list_again_after_a_member_leaves(stack, name):
     cluster = "alice/" + name
     channel = cluster + "/board"
     hosting = host(stack, cluster, "bob,carol")
-    worker(stack, "carol", cluster)  # so the host is not the last pipe left
+    working = worker(stack, "carol", cluster)
     # bob's first connection ends: pico.sh (bug B) deletes alice's list.
     assert stack.run("bob", ["ssh", "pipe.pico.sh", "pipe", channel],
                      input="").returncode == 255
@@ -331,6 +331,13 @@ def test_the_host_stores_the_list_again_after_a_member_leaves(stack, name):
     wait_until(lambda: parse_ls(stack.ls("alice")).get(channel, {}).get("access")
                == ["bob", "carol"], what="the list stored again")
     check_a_task_runs(stack, "bob", cluster, 'abs, -4', '4')
+    # The host's spare session held the channel: carol's worker was never alone
+    # on it, so pico.sh never threw it off, and status finds it at once.
+    assert b"the board dropped our session" not in working.errors
+    status = p2p_command(stack, "bob", "status", cluster)
+    assert status.wait(timeout=60) == 0, status.errors
+    assert b"\n1 worker process(es) with 1 slot(s)" in status.output, status.output
+    assert b"did not answer" not in status.output
 
 
 def test_peers_reconnect_when_the_board_throws_them_off(stack, name):

@@ -53,6 +53,10 @@ def test_key_shares_agree_and_shares_outside_the_subgroup_are_refused():
     alice, bob = p2p._KeyShare(), p2p._KeyShare()
     assert alice.root(bob.public, b"salt") == bob.root(alice.public, b"salt")
     assert alice.root(bob.public) != alice.root(bob.public, b"salt")
+    # Once used, a share goes by its fingerprint; one never seen is unknown.
+    assert alice.root(bob.fingerprint, b"salt") == alice.root(bob.public, b"salt")
+    with pytest.raises(p2p.P2PError, match=p2p._UNKNOWN_SHARE):
+        alice.root(p2p._KeyShare().fingerprint)
     # p - 1 has order 2; a non-residue lies outside the prime-order subgroup.
     prime = p2p._DH_PRIME
     outside = next(v for v in range(3, 100) if pow(v, (prime - 1) // 2, prime) != 1)
@@ -183,7 +187,7 @@ def sent_by(listener, kind):
 def test_payloads_up_to_the_limit_ride_the_board_and_larger_ones_go_by_wormhole(stack):
     working = worker(stack, "carol")
     listener = stack.session("carol", "pipe", "personal/board")
-    on_channel(stack, "carol", "carol/personal/board", "carol", "carol")
+    on_channel(stack, "carol", "carol/personal/board", "carol", "carol", "carol")
     answer = script(stack, "carol", SIZES)
     assert answer.stdout == "ok\n", answer.stderr
     pieces = -(-p2p.BOARD_MAX // p2p._PIECE)
