@@ -541,6 +541,17 @@ class _Peer:
     def say(self, kind, to="*", signed=True, **fields):
         self.board.send(_encode(kind, to, self.key if signed else None, **fields))
 
+    def say_payload(self, kind, payload, only=None, **fields):
+        """Say a sealed payload: its pieces on the board (only these numbers,
+        if given), or, for a size, that it comes by wormhole."""
+        if isinstance(payload, int):
+            self.say(kind, size=payload, n=0, of=0, data="", **fields)
+            return
+        pieces = _pieces(payload)
+        for n, data in enumerate(pieces):
+            if only is None or n in only:
+                self.say(kind, size=len(payload), n=n, of=len(pieces), data=data, **fields)
+
     def wants(self, kind, to):
         """Whether a line of this kind, to this peer id, concerns us (decoded only then)."""
         return to == "*" or to == self.id
@@ -2041,15 +2052,9 @@ class _Worker(_Member):
         job.repeats += 1
         fields = dict(to=job.client, id=job.slot.id, task=job.id, free=job.slot.free,
                       tag=_tag(job.line_key, "result", job.slot.id, job.id))
-        if not isinstance(job.result, bytes):
-            self.say("result", size=os.path.getsize(job.result), n=0, of=0, data="",
-                     **fields)
-            return
-        pieces = _pieces(job.result)
-        for n, data in enumerate(pieces):
-            if only is None or n in only:
-                self.say("result", size=len(job.result), n=n, of=len(pieces), data=data,
-                         **fields)
+        sealed = job.result
+        self.say_payload("result", sealed if isinstance(sealed, bytes) else
+                         os.path.getsize(sealed), only, **fields)
 
     def _send_result(self, job):
         try:
@@ -2420,15 +2425,8 @@ class _Client(_Member):
         known = _process_of(task.slot) in self.known_to
         fields = dict(to=task.slot, id=self.id, task=task.id, py=task.py,
                       dh=self.share.fingerprint if known else self.share.public)
-        if task.sealed is None:
-            self.say("assign", size=task.size + SEAL_OVERHEAD, n=0, of=0, data="",
-                     **fields)
-            return
-        pieces = _pieces(task.sealed)
-        for n, data in enumerate(pieces):
-            if only is None or n in only:
-                self.say("assign", size=len(task.sealed), n=n, of=len(pieces), data=data,
-                         **fields)
+        self.say_payload("assign", task.size + SEAL_OVERHEAD if task.sealed is None
+                         else task.sealed, only, **fields)
 
     def _resend(self, task):
         if task.resent >= self.RESENDS:

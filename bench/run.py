@@ -24,8 +24,9 @@ whether it did. Absolute times on a shared machine drift; the ratios less so.
 A slow case cannot take the run hostage: each has a time budget, and once
 its next run would not fit in it, it stops (after one run at least). The
 table's "runs" column says how many it got. A case that fails is a row that
-says so; the other cases go on. With the p2p.py of issue 4 the default run
-takes about 12 minutes on 2 cores, ``--quick`` about 7.
+says so; the other cases go on. On 2 cores the default run takes about 8
+minutes with protocol 2's p2p.py (12 with the slower one before it), and
+``--quick --profile internet`` about 3.
 """
 
 import argparse
@@ -33,6 +34,7 @@ import json
 import math
 import os
 import platform
+import py_compile
 import re
 import secrets
 import statistics
@@ -309,11 +311,15 @@ def board_traffic(stack, idle_workers, tasks, budget):
     idle_workers worker processes connected; each task a submit(noop).result()."""
     workers = start_workers(stack, idle_workers, processes=idle_workers)
     channel = "%s/personal/board" % USER
-    listener = stack.session(USER, "pipe", channel)
+    listener = stack.session(USER, "pipe", channel, "-r")
     try:
         # Listening before the client's first line, or its task is missed.
-        wait_until(lambda: len(clients_on(stack, USER, channel)) == idle_workers + 1,
-                   60, "the listener on %s" % channel)
+        # The echo of a line of its own says it is on (ls would not: how
+        # many sessions each peer holds is p2p's business); p2p's peers take
+        # a line that does not start with "p2p" for noise.
+        probe = "bench: listening %s\n" % secrets.token_hex(4)
+        listener.send(probe)
+        listener.expect(probe, 60)
         found = measure(stack, LATENCY, runs=tasks, budget=budget, seal=SEAL_OVERHEAD)
         count = len(found["times"]) + 1  # the warm-up task too
 
@@ -351,6 +357,9 @@ def payload_lines(sealed):
 def idle_cost(stack, seconds):
     """(share of a core, RSS in MB) of an idle worker process and its ssh, over seconds."""
     worker, = start_workers(stack, 1)
+    # Start-up is not idling: its ssh handshakes and its task runner's
+    # imports end within moments of "ready" (start-up is measured below).
+    time.sleep(5)
     pids = [worker.process.pid] + children_of(worker.process.pid)
     try:
         before = sum(cpu_seconds(pid) for pid in pids)
@@ -659,6 +668,10 @@ def main():
                         default="both", help="the profiles to run on (default: both)")
     parser.add_argument("--write", metavar="FILE", help="also write the tables to FILE")
     args = parser.parse_args()
+    # Scripts start as a user's second run of one does: with p2p.py's
+    # bytecode cached (this machine sets PYTHONDONTWRITEBYTECODE, which
+    # would add its 80 ms compile to every start-up figure).
+    py_compile.compile(p2p.__file__, doraise=True)
     profiles = {"loopback": [LOOPBACK], "internet": [INTERNET],
                 "both": [LOOPBACK, INTERNET]}[args.profile]
     began = time.monotonic()
