@@ -873,7 +873,7 @@ def _decode(line, key=None, wants=None):
     except (ValueError, RecursionError):  # deep nesting is a RecursionError
         return None
     if not isinstance(fields, dict) or not all(
-            _fits(fields.get(name), kind) for name, kind in _MESSAGES[kind].items()):
+            _fits(fields.get(name), shape) for name, shape in _MESSAGES[kind].items()):
         return None
     message = _Message(kind, to, fields)
     if key is None:
@@ -1813,7 +1813,6 @@ class _Job:
         self.said = 0.0  # when its result was last said
         self.repeats = 0  # times it was said
         self.since = time.monotonic()
-        self.ran = 0.0
 
 
 class _Worker(_Member):
@@ -1890,19 +1889,17 @@ class _Worker(_Member):
         try:
             root = self.share.root(msg["dh"], self.salt)
         except P2PError as exc:
-            why = str(exc)
+            why = str(exc)  # we cannot tag this decline: the client knows why
+        else:
+            if slot.free <= 0:
+                why = "busy"
+            elif self.exposed:
+                why = "a non-member is on the board"
+            elif msg["py"] not in ("", PY):
+                why = "this worker runs Python %s" % PY
         if why is not None:
-            pass
-        elif slot.free <= 0:
-            why = "busy"
-        elif self.exposed:
-            why = "a non-member is on the board"
-        elif msg["py"] not in ("", PY):
-            why = "this worker runs Python %s" % PY
-        if why is not None:
-            key = root and _payload_key(root, task, b"lines")
-            self.say("decline", to=msg["id"], id=slot.id, task=task, why=why,
-                     tag=key and _tag(key, "decline", slot.id, task) or "")
+            self._decline(msg["id"], slot, task, why,
+                          root and _payload_key(root, task, b"lines"))
             return
         self.seen.append(task)
         job = self.jobs[task] = _Job(slot, msg, root, tempfile.mkdtemp(dir=self.scratch))
@@ -1990,7 +1987,8 @@ class _Worker(_Member):
         job.ready.set()
         log.warning("task %s from %s: %s: %s", job.id, job.client, _LOST_TASK, why)
         # The receiver's word is final: the client tries again.
-        self._decline(job, "%s: %s" % (_LOST_TASK, why))
+        self._decline(job.client, job.slot, job.id, "%s: %s" % (_LOST_TASK, why),
+                      job.line_key)
         self._drop(job)
 
     def _serve(self, slot):
@@ -2006,19 +2004,15 @@ class _Worker(_Member):
                     continue
                 slot.running = job
                 slot.runner.start(job.task_path, job.outcome_path)
-            started = time.monotonic()
             try:
                 slot.runner.finish(job.outcome_path)
-                job.ran = time.monotonic() - started
                 result = None if job.abandoned else self._sealed_outcome(job)
             except Exception as exc:  # whatever it is, the client hears of it
-                if job.abandoned:  # its folder went with it
-                    result = None
-                    self.post(self._ran, job, result)
-                    continue
-                log.exception("task %s from %s: the worker failed", job.id, job.client)
-                result = _seal(job.result_key, _failure(P2PError(
-                    "the worker %s failed while running the task: %s" % (slot.id, exc))))
+                result = None
+                if not job.abandoned:  # else its folder went with it
+                    log.exception("task %s from %s: the worker failed", job.id, job.client)
+                    result = _seal(job.result_key, _failure(P2PError(
+                        "the worker %s failed while running the task: %s" % (slot.id, exc))))
             self.post(self._ran, job, result)
 
     def _sealed_outcome(self, job):
@@ -2042,9 +2036,9 @@ class _Worker(_Member):
         if not isinstance(result, bytes):
             threading.Thread(target=self._send_result, args=(job,), daemon=True).start()
 
-    def _decline(self, job, why):
-        self.say("decline", to=job.client, id=job.slot.id, task=job.id, why=why,
-                 tag=_tag(job.line_key, "decline", job.slot.id, job.id))
+    def _decline(self, client, slot, task, why, line_key):
+        self.say("decline", to=client, id=slot.id, task=task, why=why,
+                 tag=_tag(line_key, "decline", slot.id, task) if line_key else "")
 
     def _say_result(self, job, only=None):
         """Say the job's result on the board (only these pieces, if given)."""
@@ -2074,7 +2068,8 @@ class _Worker(_Member):
             job.slot.runner.stop()
         if job.result is None:
             # Should the client still be there, it tries elsewhere, not waits.
-            self._decline(job, "stopped: the client %s" % why)
+            self._decline(job.client, job.slot, job.id, "stopped: the client %s" % why,
+                          job.line_key)
         self._drop(job)
 
     def _drop(self, job):
@@ -2171,7 +2166,7 @@ class _Task:
         self.started = False  # the future was set running
         self.id = None  # new for each assignment: a late answer to a past one is moot
         self.slot = None  # the worker slot it is assigned to
-        self.keys = None  # (task key, result key) with that slot's worker
+        self.keys = None  # (task key, result key, line key) with that slot's worker
         self.sealed = None  # the sealed task, when it rides the board
         self.assigned_at = 0.0
         self.said_at = 0.0  # when its assignment was last said
@@ -2259,10 +2254,8 @@ class _Client(_Member):
         if known is None:
             known = self.slots[msg["id"]] = _SlotView(msg["py"], msg["dh"], 0)
         known.free = min(msg["free"], DEPTH)
-        for task in list(self.tasks.values()):
-            if (task.slot == msg["id"] and task.state == "assigned" and msg["free"] == DEPTH
-                    and time.monotonic() - task.said_at > 1.0):
-                self._resend(task)  # the slot holds nothing: it never got there
+        if msg["free"] == DEPTH:  # the slot holds nothing
+            self._resend_unheld(lambda slot: slot == msg["id"])
         self._dispatch()
 
     def _on_assign(self, msg):
@@ -2291,7 +2284,7 @@ class _Client(_Member):
                 return
             task.move("receiving")
             self._say_took(task)
-            self.outcomes.put((self._load, task, sealed))
+            self.outcomes.put((self._load_result, task, sealed))
         else:
             task.move("receiving")
             threading.Thread(target=self._receive_result, args=(task, msg["size"]),
@@ -2327,17 +2320,25 @@ class _Client(_Member):
             self._say_assign(task, _missing(msg))
 
     def _on_alive(self, msg):
-        held = set(msg["held"])
+        self._resend_unheld(lambda slot: _process_of(slot) == msg["id"], set(msg["held"]))
+
+    def _resend_unheld(self, on, held=()):
+        """Say again our assignments to slots (on(slot id)) that do not hold
+        them (held: the task ids they do): they never got there."""
         for task in list(self.tasks.values()):
-            if (task.state == "assigned" and _process_of(task.slot) == msg["id"]
-                    and task.id not in held and time.monotonic() - task.said_at > 1.0):
-                self._resend(task)  # it never got there
+            if (task.state == "assigned" and on(task.slot) and task.id not in held
+                    and time.monotonic() - task.said_at > 1.0):
+                self._resend(task)
 
     def _on_bye(self, msg):
-        for slot in [s for s in self.slots if _process_of(s) == msg["id"]]:
-            del self.slots[slot]
+        self._forget_worker(msg["id"])
         self.heard[msg["id"]] = float("-inf")  # its tasks are lost now
         self.tick()
+
+    def _forget_worker(self, process):
+        """Use no slot of this worker process until it speaks again."""
+        for slot in [s for s in self.slots if _process_of(s) == process]:
+            del self.slots[slot]
 
     def tick(self):
         now, online_since = time.monotonic(), self.online_since
@@ -2349,8 +2350,7 @@ class _Client(_Member):
             if last == float("-inf"):
                 self._retry(task, "left the board", error=WorkerLost)
             elif silent > LOST_AFTER:
-                for slot in [s for s in self.slots if _process_of(s) == _process_of(task.slot)]:
-                    del self.slots[slot]  # until it speaks again
+                self._forget_worker(_process_of(task.slot))
                 self._retry(task, "lost (silent for %.0fs)" % silent, error=WorkerLost)
             elif task.state == "assigned" and now - max(task.said_at, last) > self.RESEND_AFTER:
                 self._resend(task)  # no word from its worker: the line may be lost
@@ -2495,7 +2495,7 @@ class _Client(_Member):
             shutil.rmtree(folder, ignore_errors=True)
             self.post(self._retry, task, "the result did not arrive: %s" % exc)
             return
-        self.outcomes.put((self._load, task, sealed))
+        self.outcomes.put((self._load_result, task, sealed))
 
     # On the results thread.
 
@@ -2509,33 +2509,33 @@ class _Client(_Member):
             except Exception:
                 log.exception("settling a result failed")
 
-    def _load(self, task, sealed):
+    def _load_result(self, task, sealed):
         """Open and load a result (bytes, or a sealed file), then end its task."""
+        folder = None if isinstance(sealed, bytes) else os.path.dirname(sealed)
         try:
-            if isinstance(sealed, bytes):
-                source = io.BytesIO(_open(task.keys[1], sealed))
-            else:
-                plain = sealed + ".pkl"
-                _open_file(task.keys[1], sealed, plain)
-                source = open(plain, "rb")  # from the file: a large result is read once
-        except TransferError as exc:  # a forgery, or damage: never unpickled
-            self.post(self._retry, task, "its result was refused: %s" % exc)
-            return
-        finally:
-            if not isinstance(sealed, bytes):
-                with contextlib.suppress(OSError):
+            try:
+                if folder is None:
+                    source = io.BytesIO(_open(task.keys[1], sealed))
+                else:
+                    plain = sealed + ".pkl"
+                    _open_file(task.keys[1], sealed, plain)
                     os.remove(sealed)
-        try:
-            with source:
-                outcome = _checked_outcome(_load(source, self.config.trust))
-        except Exception as exc:  # a broken payload fails its task, not the client
-            why = "the result of task %s from %s was refused: %s" % (task.id, task.slot, exc)
-            log.warning("%s", why)
-            self.post(self._end_if, task, "receiving", "failed", None, TransferError(why))
-            return
+                    source = open(plain, "rb")  # from the file: a large result is read once
+            except TransferError as exc:  # a forgery, or damage: never unpickled
+                self.post(self._retry, task, "its result was refused: %s" % exc)
+                return
+            try:
+                with source:
+                    outcome = _checked_outcome(_load(source, self.config.trust))
+            except Exception as exc:  # a broken payload fails its task, not the client
+                why = "the result of task %s from %s was refused: %s" % (task.id, task.slot,
+                                                                       exc)
+                log.warning("%s", why)
+                self.post(self._end_if, task, "receiving", "failed", None, TransferError(why))
+                return
         finally:
-            if not isinstance(sealed, bytes):
-                shutil.rmtree(os.path.dirname(sealed), ignore_errors=True)
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
         task.future._replay = outcome
         error = outcome.get("error")
         if error is not None and outcome.get("traceback"):
@@ -2564,8 +2564,7 @@ class _Client(_Member):
         def withdraw_all():
             for task in list(self.queue):
                 if task.future.cancel():
-                    self.queue.remove(task)
-                    task.move("cancelled")
+                    self._end(task, "cancelled")
             for task in list(self.tasks.values()) + list(self.queue):
                 if task.slot is not None and task.state != "queued":
                     self._say_withdraw(task)
@@ -3376,4 +3375,3 @@ if __name__ == "__main__":
     # is named p2p.X, which any peer can import, and not __main__.X.
     import p2p
     sys.exit(p2p.main())
-
