@@ -54,11 +54,13 @@ import os
 import pickle
 import platform
 import queue
+import re
 import secrets
 import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -73,6 +75,10 @@ try:
     import resource
 except ImportError:  # Windows
     resource = None
+try:
+    import fcntl
+except ImportError:  # Windows: `invite` and the host do not write at once there
+    fcntl = None
 
 __version__ = "0.1.0"
 __all__ = [
@@ -126,6 +132,7 @@ HOST_CHECK = 3.0  # seconds between the host's looks at ls
 IDLE_EVERY = 15.0  # seconds between an idle worker's announcements
 ALIVE_EVERY = 5.0  # seconds between the "alive" lines of a peer with work in flight
 LOST_AFTER = 20.0  # seconds of silence after which such a peer is lost
+FRESH = 90.0  # seconds by which a signed line's time may differ from ours (_Recent)
 RETRIES = 2  # default: new assignments of a task after its worker or transfer failed
 # Sealed payloads up to this size ride the board; larger ones go by wormhole.
 # Measured on the local stack (bench/RESULTS.md): 64 KiB crosses the board in
@@ -159,27 +166,43 @@ class Config:
     debug     P2P_DEBUG=1    log every ssh and wormhole command and message
     trust     P2P_TRUST=1    load results as plain pickle, code and all: only
                              for clusters whose members you all trust
+    allow     P2P_ALLOW      modules whose classes a result may hold besides
+                             the safe defaults ("pandas,scipy")
     timeout   P2P_TIMEOUT    seconds a wormhole transfer may take (60), plus
                              one per 2 MB; then it is tried again, new code
-    secret    P2P_SECRET     the cluster's secret, handed out by its owner: it
-              P2P_SECRET_FILE  (or a file holding it) signs every board line
-                             and goes into every wormhole code
+    max_payload  P2P_MAX_PAYLOAD  the largest task or result taken, in bytes
+                             (16 GiB)
+    secret_file  P2P_SECRET_FILE  a file holding the cluster's secret, for
+                             those who hand one over themselves; by default
+                             the key comes from ``python -m p2p join``
+
+    Flags take 1/true/yes/on or 0/false/no/off; an argument beats the
+    environment.
     """
 
     def __init__(self, host=None, ssh_args=None, wormhole=None, debug=None,
-                 trust=None, secret=None, secret_file=None, timeout=None):
+                 trust=None, secret=None, secret_file=None, timeout=None, allow=None,
+                 max_payload=None):
         env = os.environ
         self.host = host or env.get("P2P_HOST") or "pipe.pico.sh"
         if ssh_args is None:
             ssh_args = env.get("P2P_SSH_ARGS", "")
         self.ssh_args = shlex.split(ssh_args) if isinstance(ssh_args, str) else list(ssh_args)
         self.wormhole = wormhole or env.get("P2P_WORMHOLE")
-        self.debug = _flag("P2P_DEBUG") if debug is None else debug
-        self.trust = _flag("P2P_TRUST") if trust is None else trust
+        self.debug = _flag("P2P_DEBUG", debug)
+        self.trust = _flag("P2P_TRUST", trust)
+        if allow is None:
+            allow = env.get("P2P_ALLOW", "")
+        if isinstance(allow, str):
+            allow = allow.split(",")
+        self.allow = tuple(name.strip() for name in allow if name.strip())
         self.timeout = _number("P2P_TIMEOUT", timeout, 60.0, float)
+        self.max_payload = _number("P2P_MAX_PAYLOAD", max_payload, 16 << 30, int)
+        if not 0 < self.max_payload < _BIGGEST:
+            raise P2PError("P2P_MAX_PAYLOAD must be a size in bytes, at least 1 and under "
+                           "2**53, not %r" % self.max_payload)
         secret_file = secret_file or env.get("P2P_SECRET_FILE")
-        self.secret = secret or env.get("P2P_SECRET") or (
-            _read_secret(secret_file) if secret_file else None)
+        self.secret = secret or (_read_secret(secret_file) if secret_file else None)
         if self.secret is not None and len(self.secret) < 16:
             raise P2PError("a cluster secret needs 16 characters or more: use the one "
                            "`python -m p2p host ... --secret-file FILE` writes")
@@ -190,8 +213,19 @@ class Config:
         return self.host[len("pipe."):] if self.host.startswith("pipe.") else self.host
 
 
-def _flag(name):
-    return os.environ.get(name, "") not in ("", "0")
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False, "": False}
+
+
+def _flag(name, value=None):
+    """value, if given, else the environment variable name, as a bool."""
+    if value is not None:
+        return bool(value)
+    text = os.environ.get(name, "")
+    if text.strip().lower() not in _FLAGS:
+        raise P2PError("%s must be 1, true, yes, on or 0, false, no, off, not %r"
+                       % (name, text))
+    return _FLAGS[text.strip().lower()]
 
 
 def _number(name, value, default, kind):
@@ -239,7 +273,8 @@ class Cluster:
 
     def __init__(self, name):
         owner, _, rest = str(name).partition("/")
-        if not owner or not rest or any(c.isspace() for c in name) or "/" in rest:
+        # Names become file names (the cluster's keys) and pico.sh topics.
+        if not all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", part) for part in (owner, rest)):
             raise P2PError(
                 "%r is not a cluster name: use owner/name, e.g. alice/p2p "
                 "(owner is the pico.sh user who hosts it)" % (name,))
@@ -323,8 +358,10 @@ def whoami(config=None):
 
 
 def _peer_id(user):
-    """How peers name a process on the board: user@host:pid."""
-    return "%s@%s:%d" % (user, socket.gethostname(), os.getpid())
+    """How peers name each other on the board: user@host:pid-random, new for
+    each Executor, worker and roll call, so that lines said by an earlier one
+    in the same process (its "bye") say nothing about a later one."""
+    return "%s@%s:%d-%s" % (user, socket.gethostname(), os.getpid(), secrets.token_hex(3))
 
 
 def _process_of(peer_id):
@@ -335,6 +372,120 @@ def _process_of(peer_id):
 def _machine_of(peer_id):
     """user@host, of a peer id."""
     return peer_id.rsplit(":", 1)[0]
+
+
+# A shared cluster's key signs its board lines and salts its payload keys.
+# The owner's machine keeps it, with a secret of each member's own, in the
+# data folder (clusters/OWNER/NAME.json, mode 600); `invite` hands a member
+# the key and their secret by wormhole, `join` stores them the same way.
+# A member's secret proves who they are to the host (only the two of them
+# hold it), so that when the owner takes a member off the list the host
+# makes a new key and hands it, sealed under each remaining member's
+# secret, to each of them as they say hello; the one taken off has none.
+
+def _keys_path(cluster):
+    return os.path.join(_data_dir(), "clusters", cluster.owner, cluster.short + ".json")
+
+
+def _read_keys(cluster):
+    """What this machine keeps for a cluster: {} when nothing."""
+    try:
+        with open(_keys_path(cluster)) as f:
+            kept = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise P2PError("cannot read the keys of %s from %s (%s): remove the file and "
+                       "join again" % (cluster, _keys_path(cluster), exc)) from None
+    return kept if isinstance(kept, dict) else {}
+
+
+def _change_keys(cluster, change):
+    """Apply change(kept) to what this machine keeps for a cluster, as one
+    step (the host and `invite` may both write it); what it became."""
+    path = _keys_path(cluster)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        kept = _read_keys(cluster)
+        change(kept)
+        fd, partial = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".keys-")
+        with os.fdopen(fd, "w") as f:  # mkstemp's files are readable by us only
+            json.dump(kept, f, indent=1, sort_keys=True)
+        os.replace(partial, path)
+    return kept
+
+
+def _proof(secret, what, hello):
+    """What shows, to the one other holder of a secret, who said what in
+    answer to which hello ("id t": a welcome answers one hello only, so an
+    old one played again proves nothing)."""
+    return hmac.new(secret.encode(), ("%s %s" % (what, hello)).encode(),
+                    "sha256").hexdigest()[:32]
+
+
+def _hello_of(msg):
+    """The name of a hello: its sender and time, unique to it."""
+    return "%s %d" % (msg["id"], msg["t"])
+
+
+def _owner_keys(cluster, members):
+    """The owner's keys of a shared cluster with these members: made when
+    there are none, made anew when a member was taken off, kept otherwise;
+    what is kept. A new key also takes the secrets of everyone not on the
+    list now (invites for anyone included): only members can ask for it."""
+    def change(kept):
+        gone = set(kept.get("members", ())) - set(members)
+        if not kept.get("key") or gone:
+            kept["key"] = secrets.token_hex(32)
+        kept["members"] = sorted(members)
+        kept["secrets"] = {user: secret for user, secret in kept.get("secrets", {}).items()
+                           if not gone or user in members or user == cluster.owner}
+    return _change_keys(cluster, change)
+
+
+def _member_secret(cluster, held, user, proof, hello, members):
+    """The owner's secret for user (held: the owner's secrets), when proof
+    is theirs for this hello: the one of their invite, or else one of the
+    invites made for anyone, which becomes theirs now if they are a member
+    without one; None when none proves it."""
+    if not re.fullmatch(r"[0-9a-f]{32}", proof):
+        return None
+    if user in held:
+        secret = held[user]
+        return secret if hmac.compare_digest(proof, _proof(secret, "hello", hello)) else None
+    if user not in members or user == cluster.owner:
+        return None
+    for name, secret in held.items():
+        if name.startswith("*") and hmac.compare_digest(proof, _proof(secret, "hello", hello)):
+            def bind(kept, name=name):
+                if name in kept.get("secrets", {}) and user not in kept["secrets"]:
+                    kept["secrets"][user] = kept["secrets"].pop(name)
+            _change_keys(cluster, bind)
+            return secret
+    return None
+
+
+def _secret_of(config, cluster, user):
+    """(the cluster's secret, your own secret as a member or None) for a
+    member's peers; (None, None) on a personal cluster, which pico.sh keeps
+    to its owner; P2PError saying how to get the key when you have none."""
+    if cluster.personal:
+        return None, None
+    if config.secret:
+        return config.secret, None
+    kept = _read_keys(cluster)
+    if not kept.get("key") and user == cluster.owner:
+        # Its key is made where its owner first uses it: the host finds it.
+        kept = _change_keys(cluster, lambda kept: kept.setdefault(
+            "key", secrets.token_hex(32)))
+    if kept.get("key"):
+        return kept["key"], kept.get("secret")
+    raise ClusterError(
+        "you (%s) hold no key for %s: ask %s to run `python -m p2p invite %s %s` and "
+        "send you the line it prints, then run that line here: `python -m p2p join %s "
+        "CODE`" % (user, cluster, cluster.owner, cluster, user, cluster))
 
 
 # -- board --------------------------------------------------------------------
@@ -478,6 +629,44 @@ def _ls(config):
     return channels
 
 
+class _Recent:
+    """The signed lines a peer heard lately: a replay of one counts for nothing.
+
+    Every line carries its sender's time. One said more than FRESH seconds
+    before (or after) now by our clock is stale; within that window, one
+    whose signature we heard before is a replay. Signatures cover the time,
+    so an old line cannot be made new, and no one can end the window of
+    another sender's lines early. FRESH allows for friends' clocks that
+    disagree a little; a clock off by more is named in a warning.
+    """
+
+    MOST = 200000  # signatures kept at most (2*FRESH of a busy board)
+
+    def __init__(self):
+        self._heard = collections.OrderedDict()  # signature -> when we heard it
+        self._told = set()  # senders warned about their clock
+
+    def fresh(self, msg):
+        off = msg["t"] / 1e6 - time.time()
+        if abs(off) > FRESH:
+            sender = _process_of(msg["id"])
+            if sender not in self._told and len(self._told) < 1000:
+                self._told.add(sender)
+                log.warning("a line from %s is %.0fs %s our clock: a replay, or one of "
+                            "the two clocks is off; lines more than %.0fs off count for "
+                            "nothing (set both clocks right)", sender, abs(off),
+                            "ahead of" if off > 0 else "behind", FRESH)
+            return False
+        if msg.signature in self._heard:
+            return False
+        now = time.monotonic()
+        self._heard[msg.signature] = now
+        while self._heard and (len(self._heard) > self.MOST or
+                               next(iter(self._heard.values())) < now - 2 * FRESH):
+            self._heard.popitem(last=False)
+        return True
+
+
 class _Peer:
     """A process on a cluster's board, and the one thread that acts for it.
 
@@ -491,12 +680,13 @@ class _Peer:
     role = "peer"
     TICK = 0.5
 
-    def __init__(self, config, cluster, user, peer_id, access=None):
+    def __init__(self, config, cluster, user, peer_id, secret, access=None):
         self.config = config
         self.cluster = cluster
         self.user = user
         self.id = peer_id
-        self.key, self.salt = _keys(config.secret, cluster)
+        self.key, self.salt = _keys(secret, cluster)
+        self.recent = _Recent()
         self.inbox = queue.Queue()
         self.lock = threading.RLock()
         self.board = _Board(config, cluster.channel, self.inbox, access)
@@ -600,13 +790,16 @@ class _Peer:
         if not msg.authentic:
             self.on_unsigned(msg)
             return
+        if self.key is not None and not self.recent.fresh(msg):
+            return  # a personal board has only its owner's lines: nothing to replay
         self.heard[_process_of(msg["id"])] = time.monotonic()
         handler = getattr(self, "_on_" + msg.kind, None)
         if handler is not None:
             handler(msg)
 
     def on_unsigned(self, msg):
-        """A well-formed line without our cluster's signature: it counts for nothing."""
+        """A well-formed line without our cluster's signature: it counts for
+        nothing (but may be a hint, as a "denied" is)."""
 
     def on_drop(self):
         """The board ended our session."""
@@ -624,11 +817,12 @@ class _Member(_Peer):
     role = "client"
 
     def __init__(self, config, cluster, user, peer_id):
-        super().__init__(config, cluster, user, peer_id)
-        self.intruders = []
+        secret, self.own = _secret_of(config, cluster, user)
+        super().__init__(config, cluster, user, peer_id, secret)
         self._welcome = threading.Event()
-        self._denied = None
-        self._hint = None  # an unsigned "denied": anyone may have said it
+        self._hint = None  # the last "denied" said to us: anyone may have said it
+        self._hello_said = 0.0
+        self._hellos = []  # our last few hellos, as _hello_of names them
         self._closing = False
         self._joining = False
         self._backoff = _Backoff()
@@ -636,11 +830,6 @@ class _Member(_Peer):
         self.started = int(time.time())
         # None while our own link is down: peers are not silent, we are deaf.
         self.online_since = None
-
-    @property
-    def exposed(self):
-        """A non-member is on the board, and no secret keeps them from acting."""
-        return bool(self.intruders) and self.key is None
 
     def join(self, timeout=JOIN_TIMEOUT):
         """Connect and make sure we are on the cluster's channel, or raise."""
@@ -654,8 +843,6 @@ class _Member(_Peer):
                     self._backoff.connected()
                     self.online_since = time.monotonic()
                     return
-                if self._denied:
-                    raise ClusterError(self._denied)
                 failure = self.board.failure()
                 if failure:
                     raise P2PError("cannot open the board of %s with `ssh %s pipe "
@@ -689,13 +876,20 @@ class _Member(_Peer):
             time.sleep(1.0)
             return False
         self._say_hello()
-        if self._welcome.wait(ANSWER_TIMEOUT) and not self._denied:
+        if self._welcome.wait(ANSWER_TIMEOUT):
             self.post(self._joined)
             return True
         return False
 
     def _say_hello(self):
-        self.say("hello", id=self.id, role=self.role, user=self.user, py=PY)
+        self._hello_said, t = time.monotonic(), _now_t()
+        hello = "%s %d" % (self.id, t)
+        # A welcome answers one of these: a slow host's answer to the hello
+        # before still counts, a recorded one from longer ago does not.
+        self._hellos = [h for h in self._hellos if int(h.split()[1]) > t - FRESH * 1e6 / 3]
+        self._hellos = self._hellos[-4:] + [hello]
+        self.say("hello", id=self.id, role=self.role, user=self.user, py=PY, t=t,
+                 proof=_proof(self.own, "hello", hello) if self.own else "")
 
     def _host_holds_list(self):
         listed, _ = _ls(self.config).get(self.cluster.channel, (None, []))
@@ -703,7 +897,7 @@ class _Member(_Peer):
 
     def _unreachable(self):
         if self._hint:
-            return "%s: %s (an unsigned answer)" % (self.cluster, self._hint)
+            return "%s: %s (said on its board)" % (self.cluster, self._hint)
         if self.cluster.personal:
             return ("%s is a personal cluster: only %s can use it (you are %s)"
                     % (self.cluster, self.cluster.owner, self.user))
@@ -719,24 +913,58 @@ class _Member(_Peer):
         """Called on the peer's thread once welcomed (again after each reconnect)."""
 
     def on_unsigned(self, msg):
-        if msg.kind == "denied" and msg.to == self.id:
+        if msg.to != self.id:
+            if msg.kind == "hello" and msg["role"] == "host" and not self._joining:
+                self._check_key()  # a host with a key we lack: it changed
+        elif msg.kind == "denied":
             self._hint = msg["why"]
+        elif msg.kind == "welcome" and msg["secret"] and self.own:
+            self._learn_key(msg)
+
+    def _check_key(self):
+        """Ask the host for the cluster's key again (at most every few seconds),
+        having first looked for a newer one kept on this machine."""
+        kept = {} if self.config.secret else _read_keys(self.cluster)
+        if kept.get("key") and _keys(kept["key"], self.cluster)[0] != self.key:
+            self.key, self.salt = _keys(kept["key"], self.cluster)
+            log.info("the key of %s changed; using the new one", self.cluster)
+        elif self.own and time.monotonic() - self._hello_said > ANSWER_TIMEOUT:
+            self._say_hello()  # the host answers with the key, sealed for us
+
+    def _learn_key(self, msg):
+        """A welcome with the cluster's new key, sealed under our own secret."""
+        hello = self._answered(msg)
+        if hello is None:
+            return  # not for a hello of ours: someone else's doing
+        try:
+            sealed = base64.b64decode(msg["secret"], validate=True)
+            secret = _open(_proof(self.own, "key", hello).encode(), sealed).decode()
+        except (ValueError, TransferError):
+            return
+        key, salt = _keys(secret, self.cluster)
+        if not hmac.compare_digest(msg.signature or b"", _signature(key, msg.line)):
+            return
+        self.key, self.salt = key, salt
+        if not self.config.secret:
+            _change_keys(self.cluster, lambda kept: kept.update(key=secret))
+        log.info("%s has a new key (a member was taken off); got it from its host",
+                 self.cluster)
+        self._on_welcome(msg)
 
     def _on_welcome(self, msg):
-        if msg.to == self.id:
-            self.intruders = msg["intruders"]
+        # With a secret of our own, only the host (the one other holder) can
+        # prove a welcome; without one, any key holder could have said it.
+        if msg.to == self.id and (not self.own or self._answered(msg)):
             self._welcome.set()
+
+    def _answered(self, msg):
+        """Which of our recent hellos a welcome proves it answers, or None."""
+        return next((hello for hello in self._hellos if hmac.compare_digest(
+            msg["proof"].encode(), _proof(self.own, "welcome", hello).encode())), None)
 
     def _on_denied(self, msg):
         if msg.to == self.id:
-            self._denied = "%s: %s" % (self.cluster, msg["why"])
-            self._welcome.set()
-            self.denied()
-
-    def _on_intruders(self, msg):
-        if msg["users"] != self.intruders:
-            self.intruders = msg["users"]
-            self.intruders_changed()
+            self._hint = msg["why"]  # another member could have said it
 
     def _on_who(self, msg):
         if self.role != "observer":
@@ -746,12 +974,6 @@ class _Member(_Peer):
     def about(self):
         """What this member tells a roll call (python -m p2p status)."""
         return {}
-
-    def denied(self):
-        """The host said we are not a member."""
-
-    def intruders_changed(self):
-        """The host's list of non-members on the board changed."""
 
     def on_drop(self):
         self.online_since = None
@@ -769,8 +991,6 @@ class _Member(_Peer):
                 return
             except P2PError as exc:
                 log.warning("cannot rejoin %s yet: %s", self.cluster, exc)
-                if self._denied:
-                    return
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
 
@@ -784,39 +1004,53 @@ class _Member(_Peer):
 
 # -- wire messages ------------------------------------------------------------
 
-# A board line: b"p2p2 KIND TO {json}[ SIGNATURE]\n". Kind and addressee come
+# A board line: b"p2p3 KIND TO {json}[ SIGNATURE]\n". Kind and addressee come
 # first, so a peer skips lines for others without parsing them; TO is a peer
 # id, or * for everyone. With a cluster key, the signature covers the rest.
-_VERSION = 2
+_VERSION = 3
 _PREFIX = b"p2p%d " % _VERSION
 _NAMES = "names"  # a field type: a list of strings
+# Every line names its sender (id) and when by its clock it was said (t, in
+# microseconds, rising with each line a process says): see _Recent.
+_HEAD = {"id": str, "t": int}
 # Each kind's fields and their types (other fields are ignored); whoever
 # handles a kind does it in its method _on_KIND.
-_MESSAGES = {
-    "hello": {"id": str, "role": str, "user": str, "py": str},  # host; workers
-    "welcome": {"id": str, "intruders": _NAMES},  # members
-    "denied": {"id": str, "why": str},  # members
-    "intruders": {"id": str, "users": _NAMES},  # members
+_MESSAGES = {kind: dict(_HEAD, **fields) for kind, fields in {
+    # proof: _proof(the member's own secret, "hello", id), "" without one.
+    "hello": {"role": str, "user": str, "py": str, "proof": str},  # host; workers
+    # From the host: secret, the cluster's secret sealed for the member (when
+    # their hello was not signed with it); proof, _proof(their secret, "welcome").
+    "welcome": {"secret": str, "proof": str},  # members
+    "denied": {"why": str},  # members: a hint, which anyone could have said
     # A worker slot can take `free` more tasks, sealed for its key share dh.
-    "idle": {"id": str, "py": str, "dh": str, "free": int},  # clients
+    "idle": {"py": str, "dh": str, "free": int},  # clients
     # A task, sealed: `of` pieces of data on the board (0: it comes by wormhole).
-    "assign": {"id": str, "task": str, "dh": str, "py": str, "size": int,
+    "assign": {"task": str, "dh": str, "py": str, "size": int,
                "n": int, "of": int, "data": str},  # workers; other clients
     # These five also carry a tag only the task's two peers can make (_tag).
-    "decline": {"id": str, "task": str, "why": str, "tag": str},  # clients
-    "result": {"id": str, "task": str, "size": int, "free": int,
+    "decline": {"task": str, "why": str, "tag": str},  # clients
+    "result": {"task": str, "size": int, "free": int,
                "n": int, "of": int, "data": str, "tag": str},  # clients
-    "took": {"id": str, "task": str, "tag": str},  # workers: the result arrived
+    "took": {"task": str, "tag": str},  # workers: the result arrived
     # The pieces of a payload that did not arrive ("0,3"), asked of its sender.
-    "again": {"id": str, "task": str, "missing": str, "tag": str},  # clients; workers
-    "withdraw": {"id": str, "task": str, "tag": str},  # workers
-    "alive": {"id": str, "held": _NAMES},  # everyone; held: a worker's tasks
-    "bye": {"id": str},  # everyone
-    "who": {"id": str},  # everyone: a roll call, answered with "here"
-    "here": {"id": str, "role": str, "user": str, "py": str, "since": int,
+    "again": {"task": str, "missing": str, "tag": str},  # clients; workers
+    "withdraw": {"task": str, "tag": str},  # workers
+    "alive": {"held": _NAMES},  # everyone; held: a worker's tasks
+    "bye": {},  # everyone
+    "who": {},  # everyone: a roll call, answered with "here"
+    "here": {"role": str, "user": str, "py": str, "since": int,
              "about": dict},  # observers
-}
-_BIGGEST = 1 << 48  # no number on the board is larger (nor negative)
+}.items()}
+_BIGGEST = 1 << 53  # no number on the board is larger (nor negative): JSON's exact integers
+_clock = [0]  # the last t said by this process
+_clock_lock = threading.Lock()
+
+
+def _now_t():
+    """This process's t for its next line: its clock, and always rising."""
+    with _clock_lock:
+        _clock[0] = max(_clock[0] + 1, int(time.time() * 1e6))
+        return _clock[0]
 
 
 class _Message(dict):
@@ -824,9 +1058,11 @@ class _Message(dict):
 
     authentic = True  # signed with the cluster's key, or neither has one
 
-    def __init__(self, kind, to, fields):
+    def __init__(self, kind, to, fields, line=b"", signature=None):
         super().__init__(fields)
         self.kind, self.to = kind, to
+        self.line = line  # as heard: to check again under a key learned later
+        self.signature = signature
 
 
 class _OtherVersion:
@@ -837,7 +1073,8 @@ class _OtherVersion:
 
 
 def _encode(kind, to="*", key=None, **fields):
-    """A board line; with a cluster key it ends with its signature."""
+    """A board line, said now; with a cluster key it ends with its signature."""
+    fields.setdefault("t", _now_t())
     line = b"%s%s %s %s" % (_PREFIX, kind.encode(), to.encode(),
                             json.dumps(fields, separators=(",", ":")).encode())
     if key is not None:
@@ -875,7 +1112,7 @@ def _decode(line, key=None, wants=None):
     if not isinstance(fields, dict) or not all(
             _fits(fields.get(name), shape) for name, shape in _MESSAGES[kind].items()):
         return None
-    message = _Message(kind, to, fields)
+    message = _Message(kind, to, fields, line, signature)
     if key is None:
         message.authentic = signature is None
     else:
@@ -907,16 +1144,31 @@ def _importable(obj):
 
 
 class _Pickler(pickle.Pickler):
-    """Pickles what plain pickle refuses: lambdas, closures, __main__ code."""
+    """Pickles what plain pickle refuses: lambdas, closures, __main__ code.
 
-    def __init__(self, file):
+    home=True pickles a worker's outcome for its client: a class of
+    __main__ (the client's, sent by value) goes by name, to be the client's
+    own class again (``except MyError`` works), and an exception goes as its
+    class, args and state, to be rebuilt without its __init__ (see
+    _exception).
+    """
+
+    def __init__(self, file, home=False):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.by_value = False  # True when the payload carries code objects
+        self.home = home
         # Functions that share a module's globals share one dict on arrival,
         # so that one's ``global x`` is seen by the others.
         self.namespaces = {}
 
     def reducer_override(self, obj):
+        if self.home and isinstance(obj, BaseException) and _plain_reduce(type(obj)):
+            reduced = obj.__reduce__()  # (class, args[, state]), as BaseException's
+            if type(reduced) is tuple and len(reduced) in (2, 3) and reduced[0] is type(obj):
+                return _exception, (reduced + (None,))[:3]
+        if (self.home and isinstance(obj, type) and obj.__module__ == "__main__"
+                and "<locals>" not in obj.__qualname__ and not _importable(obj)):
+            return _home_class, (obj.__module__, obj.__qualname__)
         if isinstance(obj, types.FunctionType) and not _importable(obj):
             self.by_value = True
             namespace = self.namespaces.setdefault(id(obj.__globals__), {})
@@ -935,17 +1187,17 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
-def _dump(obj, file):
+def _dump(obj, file, home=False):
     """Pickle obj into file; True when it carries code by value."""
-    pickler = _Pickler(file)
+    pickler = _Pickler(file, home)
     pickler.dump(obj)
     return pickler.by_value
 
 
-def _dumps(obj):
+def _dumps(obj, home=False):
     """(bytes, by_value) for obj."""
     buffer = io.BytesIO()
-    by_value = _dump(obj, buffer)
+    by_value = _dump(obj, buffer, home)
     return buffer.getvalue(), by_value
 
 
@@ -1043,26 +1295,187 @@ def _import_module(name):
     return importlib.import_module(name)
 
 
-# Results are loaded by a pickle that names only harmless things: a worker
-# could otherwise send back a pickle that calls os.system on the client.
-# Whatever these modules hold can run commands or code, or write files.
-_UNSAFE_MODULES = frozenset("""
-    os posix nt subprocess _posixsubprocess sys builtins importlib pkgutil zipimport
-    runpy code codeop pickle _pickle marshal types shutil pty ctypes _ctypes
-    multiprocessing concurrent asyncio threading _thread signal socket _socket ssl
-    select selectors mmap resource fcntl io _io codecs tempfile fileinput glob
-    zipfile tarfile shelve dbm sqlite3 logging operator gc inspect pdb bdb trace
-    faulthandler timeit doctest unittest profile cProfile pydoc rlcompleter
-    webbrowser http urllib ftplib smtplib xmlrpc telnetlib platform sysconfig site
-    ensurepip venv distutils setuptools pip atexit gzip bz2 lzma wave aifc sunau
-    mailbox zipapp
-""".split())
-_SAFE_NAMES = {("types", "SimpleNamespace"), ("types", "MappingProxyType")}
-# These builtins run code, reach any attribute or touch files.
-_UNSAFE_BUILTINS = frozenset("""
-    eval exec compile open getattr setattr delattr __import__ __build_class__
-    globals locals vars breakpoint input help exit quit
-""".split())
+def _plain_reduce(cls):
+    """True when cls pickles as BaseException does (no __reduce__ of its own)."""
+    return not any(isinstance(getattr(cls, name, None), types.FunctionType)
+                   for name in ("__reduce__", "__reduce_ex__"))
+
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made in Python, not a built-in one
+
+
+def _exception(cls, args, state):
+    """An exception of class cls, rebuilt from its args and state.
+
+    No Python-level __init__ runs: one may need arguments that pickle loses
+    (MyError(code, text) keeps only its args), and a result's must not run
+    code. The C-level __new__ and __init__ of its nearest built-in base run
+    instead (OSError's sets errno and filename).
+    """
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)
+            and type(args) is tuple and isinstance(state, (dict, type(None)))):
+        raise TransferError("it rebuilds an exception from what is not one")
+    base = next(c for c in cls.__mro__ if not c.__flags__ & _HEAPTYPE)
+    error = base.__new__(cls, *args)
+    base.__init__(error, *args)
+    if state:
+        BaseException.__setstate__(error, state)
+    return error
+
+
+def _lookup(module, name):
+    """module's global name as pickle names it, found with no code run (no
+    module __getattr__, property or import): a dotted name goes through
+    classes only, and never through a dunder (__globals__, __builtins__)."""
+    found = module if isinstance(module, types.ModuleType) else None
+    for n, part in enumerate(name.split(".")):
+        if found is None or part.startswith("__") or n and not isinstance(found, type):
+            return None
+        found = vars(found).get(part)
+    return found
+
+
+_INSTALLED = []  # where the standard library and installed packages are, once known
+
+
+def _standard(name):
+    """True when the module name is the standard library's."""
+    top = name.partition(".")[0]
+    if top in sys.builtin_module_names or top in getattr(sys, "stdlib_module_names", ()):
+        return True
+    if hasattr(sys, "stdlib_module_names"):
+        return False
+    # Python 3.9 has no list: a module of the standard library is beside os's.
+    path = getattr(sys.modules.get(top), "__file__", None)
+    home = os.path.join(os.path.realpath(os.path.dirname(os.__file__)), "")
+    return isinstance(path, str) and "-packages" not in path and (
+        os.path.realpath(path).startswith(home))
+
+
+def _own_module(name):
+    """The module name, if it is the client's own code: __main__, or a module
+    already imported from neither the standard library nor an installed
+    package (nor p2p.py itself)."""
+    module = sys.modules.get(name)
+    if not isinstance(module, types.ModuleType) or module is sys.modules.get(__name__):
+        return None
+    if name == "__main__":
+        return module
+    if _standard(name):
+        return None
+    path = vars(module).get("__file__")
+    if not isinstance(path, str):
+        return None
+    if not _INSTALLED:
+        import sysconfig  # the standard library's, named by no payload
+        roots = {sysconfig.get_path(kind) for kind in ("stdlib", "platstdlib", "purelib",
+                                                       "platlib")}
+        roots.add(os.path.dirname(os.__file__))
+        _INSTALLED[:] = [os.path.join(os.path.realpath(root), "") for root in roots if root]
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts or path.startswith(
+            tuple(_INSTALLED)):
+        return None
+    return module
+
+
+def _own_class(module, qualname):
+    """The class module.qualname, if it is defined in the client's own code."""
+    found = _lookup(_own_module(module), qualname)
+    if (isinstance(found, type) and found.__module__ == module
+            and found.__qualname__ == qualname):
+        return found  # not another module's class it imported (from subprocess import Popen)
+    return None
+
+
+def _home_class(module, qualname):
+    """The client's own class module.qualname, as a worker's outcome names
+    the classes of __main__ (which reached the worker by value)."""
+    found = _own_class(module, qualname)
+    if found is None:
+        raise TransferError("it holds a %s.%s, a class this program does not define"
+                            % (_label(module), _label(qualname)))
+    return found
+
+
+def _label(text):
+    """text from a payload, short, for a message (and not formatted: a str()
+    of what a payload made could run code or take forever)."""
+    return text[:100] if isinstance(text, str) else "?"
+
+
+def _what(obj):
+    """What obj is, for a message."""
+    if isinstance(obj, (type, types.FunctionType, types.BuiltinFunctionType)):
+        return "%s.%s" % (_label(obj.__module__), _label(obj.__qualname__))
+    return "a %s" % type(obj).__qualname__
+
+
+def _said(error):
+    """What an exception says, when it says it in words."""
+    text = error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else ""
+    return type(error).__name__ + (": " + text[:200] if text else "")
+
+
+# A client loads a worker's outcome by an allow-list, so that a worker gone
+# bad cannot make it run a command, read or write a file, or change its
+# classes and settings. A payload may name, from modules already imported
+# (none is imported for it): data types, error and warning classes, enums,
+# the client's own classes (by name: a class sent by value is never built),
+# numpy's arrays, whatever Config.allow lets in, and p2p.py's rebuilders;
+# code sent by value is withheld. It is loaded by pickle's implementation in
+# Python, whose opcodes can be vetted one by one: in the C one a BUILD sets
+# attributes on whatever a payload names (a class, an enum member, numpy's
+# dtypes) and constructors run unchecked. The price is speed with many small
+# objects (several times slower; bytes and arrays load as fast), which
+# trust=True buys back, for clusters whose members you all trust.
+#
+# Loading is bounded. Opcodes alone cost at most some 200 bytes of memory per
+# byte of payload (an empty set per byte) and time linear in it; what could
+# cost more is charged against a budget of max(4 x the payload, 1 MiB) items
+# and bytes: constructors that allocate by an argument (bytes(n)), copy one
+# that many calls share, or walk a range, numpy's arrays and scalars, and
+# hashing keys (a tuple hashes its items anew each time: a key of n copies of
+# one tuple of n costs n*n, and nesting that doubles per level). Parsing or
+# converting more than _DIGITS digits (quadratic) is refused. NOT bounded:
+# hash flooding (keys that all hash alike, as ints equal modulo 2**61 - 1 do,
+# make filling one dict quadratic, at the opcode level), the client's own
+# classes' code, and what the client does with a result afterwards (the repr
+# of a tuple of shared parts). Where Python has no int_max_str_digits (before
+# 3.9.14 and 3.10.7), protocol 0's INT, LONG, GET and PUT parse digits of any
+# length, and str() of a huge int is quadratic.
+_BUDGET_FLOOR = 1 << 20
+_DIGITS = 4300  # CPython's default int_max_str_digits (3.11, 3.10.7, 3.9.14)
+_DIGIT_BITS = _DIGITS * 10 // 3  # the bits of an int of about that many digits
+_FLAT = frozenset({str, bytes, int, float, complex, bool, type(None)})  # hashed at once
+_PATHS = "PurePath PurePosixPath PureWindowsPath Path PosixPath WindowsPath"
+# The data types a result may hold, by module. Not zoneinfo's: they read files.
+_VALUE_TYPES = {module: frozenset(names.split()) for module, names in {
+    "builtins": "int float complex str bytes bytearray list tuple dict set frozenset bool "
+                "slice range object",
+    "datetime": "date time datetime timedelta timezone", "decimal": "Decimal",
+    "fractions": "Fraction", "uuid": "UUID SafeUUID",
+    "collections": "OrderedDict defaultdict deque Counter ChainMap",
+    "pathlib": _PATHS, "pathlib._local": _PATHS,  # (Python 3.13 moved them)
+    "types": "SimpleNamespace", "array": "array _array_reconstructor",
+}.items()}
+# How the arguments of a data type (or a subclass of it) are bounded, beyond
+# being charged as copies: "size", an int that is a size to allocate;
+# "digits", ints and digit strings parsed into ints; "keys", what is hashed;
+# "text", only strs (no decoding, no __fspath__ or __str__ of an object).
+_BOUNDS = {
+    ("builtins", "bytes"): "size", ("builtins", "bytearray"): "size",
+    ("builtins", "int"): "digits", ("decimal", "Decimal"): "digits",
+    ("fractions", "Fraction"): "digits", ("builtins", "str"): "text",
+    ("builtins", "set"): "keys", ("builtins", "frozenset"): "keys",
+    ("builtins", "dict"): "keys", ("collections", "OrderedDict"): "keys",
+    ("collections", "defaultdict"): "keys", ("collections", "Counter"): "keys",
+    ("pathlib", "PurePath"): "text", ("pathlib._local", "PurePath"): "text",
+}
+# numpy's rebuilders, in numpy.core (numpy 1) or numpy._core (numpy 2).
+_NUMPY_CALLS = {"_reconstruct": "multiarray", "scalar": "multiarray", "_frombuffer": "numeric"}
+_LIST_PICKLE = 0x02  # NPY_LIST_PICKLE: a dtype whose arrays pickle their items as a list
 
 
 class _Withheld:
@@ -1074,60 +1487,515 @@ class _Withheld:
     def __call__(self, *args, **kwargs):
         raise P2PError("%s came back from a worker as code, which p2p.py does not "
                        "load unless you trust the cluster: set P2P_TRUST=1 (or "
-                       "Config(trust=True)) if you trust all its members" % self.what)
+                       "Config(trust=True)) if you trust all its members"
+                       % _label(self.what))
 
     def __repr__(self):
-        return "<%s, withheld>" % self.what
+        return "<%s, withheld>" % _label(self.what)
 
 
-class _ResultUnpickler(pickle.Unpickler):
-    """Loads a worker's result, naming only what the client already has.
+def _enum_member(cls, name):
+    """getattr(cls, name) as pickle_by_enum_name uses it: an enum's member only."""
+    members = getattr(cls, "__members__", {}) if isinstance(cls, type) else {}
+    if not isinstance(name, str) or name not in members:
+        raise TransferError("it names builtins.getattr, which p2p.py does not load from a "
+                            "worker but to find an enum's member")
+    return members[name]
 
-    Globals come only from modules already imported here: error classes from
-    any, nothing else from _UNSAFE_MODULES or p2p.py (but its rebuilders);
-    code sent by value (functions, modules) is withheld.
-    A filter against pickle exploits, not a sandbox: Config(trust=True)
-    loads everything.
+
+def _rebuilt_by_call(cls):
+    """True when pickle rebuilds cls's instances by calling cls, as a class
+    with a __reduce__ (its own or a base's) may ask. Pickle makes the others
+    with cls.__new__ and gives them their state: so may a payload, which
+    never calls their __init__ (Logger(path) opening a file it chose)."""
+    return any(name in vars(c) for c in cls.__mro__[:-1]
+               for name in ("__reduce__", "__reduce_ex__"))
+
+
+def _numpy_canonical(np, dtype):
+    """dtype made anew by numpy's own (checking) constructor from what it says it is."""
+    if dtype.names is not None:
+        fields = [dtype.fields[name] for name in dtype.names]
+        return np.dtype({"names": list(dtype.names),
+                         "formats": [_numpy_canonical(np, f[0]) for f in fields],
+                         "offsets": [f[1] for f in fields],
+                         "titles": [f[2] if len(f) > 2 else None for f in fields],
+                         "itemsize": dtype.itemsize}, align=dtype.isalignedstruct)
+    if dtype.subdtype is not None:
+        return np.dtype((_numpy_canonical(np, dtype.subdtype[0]), dtype.subdtype[1]))
+    return np.dtype(dtype.str)
+
+
+def _sound_dtype(np, dtype):
+    """True when dtype is what numpy makes of its description: a dtype's
+    pickled state sets sizes, offsets and flags that numpy then trusts to
+    read and write memory."""
+    def facts(d):
+        return d.str, d.itemsize, d.alignment, d.flags, d.isalignedstruct, d.hasobject
+    made = _numpy_canonical(np, dtype)
+    return made == dtype and facts(made) == facts(dtype)
+
+
+class _ResultUnpickler(pickle._Unpickler):
+    """Loads a worker's outcome by the allow-list above.
+
+    allow: module names (a package and its modules) any global of which a
+    result may name; size: the payload's size (default: what is left of file).
     """
 
-    _rebuilders = {
+    # p2p.py's rebuilders, as a result may use them: code sent by value is
+    # withheld, a class sent by value is never built (no _make_class), nor
+    # are the client's classes given attributes (no _fill_class).
+    _REBUILDERS = {
         "_make_function": lambda py, code, name, ncells, namespace: _Withheld(
-            "the function %s" % name),
+            "the function %s" % _label(name)),
         "_fill_function": lambda func, state: None,
-        "_import_module": lambda name: _Withheld("the module %s" % name),
-        "_make_class": _make_class, "_fill_class": _fill_class, "_EmptyCell": _EmptyCell,
+        "_import_module": lambda name: _Withheld("the module %s" % _label(name)),
+        "_EmptyCell": _EmptyCell, "_home_class": _home_class, "_exception": _exception,
     }
 
+    def __init__(self, file, allow=(), size=None):
+        super().__init__(file)
+        import enum  # imported already (signal's enums); for Enum
+        self.file = file
+        self.allow = tuple(allow)
+        if size is None:
+            here = file.tell()
+            size = file.seek(0, os.SEEK_END) - here
+            file.seek(here)
+        self.size = size
+        self.budget = max(4 * size, _BUDGET_FLOOR)
+        self.spent = 0
+        self.handed = {}  # id -> (object, kind): what find_class handed out
+        self.pending = {}  # id -> numpy dtype made here and not yet given its state
+        self.enum = enum.Enum
+        numpy = sys.modules.get("numpy")
+        ready = isinstance(numpy, types.ModuleType) and all(
+            isinstance(vars(numpy).get(name), type) for name in ("ndarray", "dtype", "generic"))
+        self.np = numpy if ready else None
+
+    def load(self):
+        try:
+            return super().load()
+        except P2PError:
+            raise
+        except Exception as exc:  # a payload's any error is its own fault
+            raise TransferError("it does not load: %s" % _said(exc)) from None
+
+    # -- what a payload may name
+
     def find_class(self, module, name):
-        if module == __name__ and name in self._rebuilders:
-            return self._rebuilders[name]
-        found = sys.modules.get(module)
-        for part in name.split("."):
-            found = getattr(found, part, None)
-        home = getattr(found, "__module__", None) or module
-        if isinstance(found, type) and issubclass(found, BaseException):
-            allowed = True  # an error class, from anywhere
-        elif isinstance(found, types.ModuleType) or ("." in name and
-                                                     not isinstance(found, type)):
-            allowed = False  # a module, a method (Path.write_text), another module's name
-        elif "builtins" in (module, home):  # also eval re-exported elsewhere
-            allowed = getattr(found, "__name__", name) not in _UNSAFE_BUILTINS
-        else:
-            packages = {module.partition(".")[0], home.partition(".")[0]}
-            allowed = (module, name) in _SAFE_NAMES or not (
-                __name__ in (module, home) or packages & _UNSAFE_MODULES)
-        if found is None or not allowed:
-            raise TransferError(
-                "it names %s.%s, which p2p.py does not load from a worker (%s); "
-                "set P2P_TRUST=1 if you trust every member of the cluster"
-                % (module, name, "not imported here" if allowed else "it could run "
-                   "commands on your machine"))
+        found, kind = self._find(module, name)
+        self.handed[id(found)] = found, kind
         return found
 
+    def _find(self, module, name):
+        if module == __name__:
+            if name in self._REBUILDERS:
+                return self._REBUILDERS[name], "rebuilder"
+            found = _lookup(sys.modules[__name__], name)
+            if isinstance(found, type) and issubclass(found, BaseException):
+                return found, "exception"
+            self._refuse(module, name, "a class sent by value; classes come back by name, "
+                         "as this program defines them" if name == "_make_class"
+                         else "p2p.py's own code")
+        numpy = self._numpy_global(module, name)
+        if numpy:
+            return numpy
+        if not isinstance(sys.modules.get(module), types.ModuleType):
+            self._refuse(module, name, "not imported here")
+        found = _lookup(sys.modules[module], name)
+        if module == "builtins" and name == "getattr":
+            return _enum_member, "rebuilder"  # the real one reaches anything
+        if module == "builtins" and name in ("Ellipsis", "NotImplemented"):
+            return found, "data"
+        if module == "copyreg" and name == "_reconstructor" and found:
+            return found, "reconstructor"
+        if isinstance(found, type) and issubclass(found, self.enum):
+            return found, "enum"  # from any module (uuid.SafeUUID, signal.Signals)
+        if isinstance(found, self.enum):
+            return found, "data"
+        if name in _VALUE_TYPES.get(module, ()) and found is not None:
+            return found, "value" if isinstance(found, type) else "rebuilder"
+        if isinstance(found, type) and issubclass(found, BaseException):
+            return found, "exception"  # from any module: rebuilt by _exception
+        if found is not None and found is _own_class(module, name):
+            return found, "own"
+        if found is not None and any(module == allowed or module.startswith(allowed + ".")
+                                     for allowed in self.allow):
+            return found, "allowed"
+        self._refuse(module, name, "not imported here" if found is None else
+                     "not a data type, an error class or a class of this program")
 
-def _load(file, trust=False):
-    """Load a pickle from a peer: fully if trusted, else as a result (see above)."""
-    return (pickle.Unpickler if trust else _ResultUnpickler)(file).load()
+    def _refuse(self, module, name, why):
+        # The ways out: allowing a package (not the standard library's, nor
+        # p2p.py, whose refused names run code), or trusting the cluster.
+        package = module.partition(".")[0]
+        allowable = package != __name__ and not _standard(package)
+        raise TransferError(
+            "it names %s.%s, which p2p.py does not load from a worker (%s): to load it "
+            "anyway, %strust the cluster (trust=True or P2P_TRUST=1) if you trust all its "
+            "members" % (_label(module), _label(name), why, "allow its package (Executor("
+                         "allow=[%r]) or P2P_ALLOW=%s), or " % (_label(package),
+                                                                 _label(package))
+                         if allowable else ""))
+
+    def _numpy_global(self, module, name):
+        """(object, kind) for what numpy's pickles name, when numpy is imported."""
+        np = self.np
+        if np is None or module.partition(".")[0] != "numpy":
+            return None
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return vars(np)[name], "numpy." + name
+        if module == "numpy.dtypes" and name.endswith("DType"):
+            found = _lookup(sys.modules.get("numpy.dtypes"), name)
+            if isinstance(found, type) and issubclass(found, np.dtype):
+                return found, "numpy.DType"
+        home = _NUMPY_CALLS.get(name)
+        if home and module in ("numpy.core." + home, "numpy._core." + home):
+            # Either numpy's name, from a worker with either: this numpy's function.
+            for package in ("numpy._core.", "numpy.core."):
+                found = sys.modules.get(package + home)
+                found = vars(found).get(name) if isinstance(found, types.ModuleType) else None
+                if callable(found):
+                    return found, "numpy." + name
+        return None
+
+    # -- what a payload may call
+
+    def _call(self, func, args, kwargs, new):
+        """func(*args, **kwargs), or func.__new__(func, ...) for NEWOBJ, if a
+        payload may call func with these arguments."""
+        if isinstance(func, _Withheld) and not new:
+            func()  # raises: code came back
+        named, kind = self.handed.get(id(func), (None, None))
+        if named is not func:
+            raise TransferError("it calls %s, which it did not name" % _what(func))
+        if type(args) is not tuple or type(kwargs) is not dict or new and not isinstance(
+                func, type):
+            raise TransferError("it calls %s in a way pickle never does" % _what(func))
+        self._charge(sum(self._weight(arg) for arg in args) + len(kwargs))
+        if kind == "exception":
+            if kwargs:
+                raise TransferError("it calls %s with keywords" % _what(func))
+            return _exception(func, args, None)
+        if kind == "rebuilder":
+            made = func.__new__(func, *args) if new else func(*args, **kwargs)
+            if func is _home_class:
+                self.handed[id(made)] = made, "own"
+            return made
+        if kind == "reconstructor":
+            return self._reconstructor(func, *args)
+        if kind.startswith("numpy"):
+            return self._numpy_call(kind, func, args, kwargs)
+        if kind == "enum":
+            if len(args) != 1 or kwargs:
+                raise TransferError("it calls the enum %s but to find a member" % _what(func))
+            self._hashed(args)
+            return func(*args)
+        if kind == "own" and not new and not _rebuilt_by_call(func):
+            raise TransferError("it calls %s, a class of this program that pickle makes "
+                                "without calling it" % _what(func))
+        if kind == "data":
+            raise TransferError("it calls %s" % _what(func))
+        if kind in ("value", "own"):
+            self._bound(func, args, kwargs, kind == "own")
+        return func.__new__(func, *args, **kwargs) if new else func(*args, **kwargs)
+
+    def _bound(self, cls, args, kwargs, own):
+        """Refuse arguments with which making a cls would cost more than the
+        payload may (past copying them, which _call charges)."""
+        base = next((c for c in cls.__mro__ if (c.__module__, c.__qualname__) in _BOUNDS),
+                    None)
+        if base is None:
+            return
+        key = base.__module__, base.__qualname__
+        if own and (cls.__new__ is not base.__new__ or cls.__init__ is not base.__init__):
+            return  # the class makes itself, with arguments of its own
+        bound, values = _BOUNDS[key], args + tuple(kwargs.values())
+        if bound == "size" and any(isinstance(value, str) for value in values):
+            raise TransferError("it makes %s by encoding a str" % _what(cls))
+        if bound == "size" and args and isinstance(args[0], int):
+            self._charge(args[0])
+        if bound == "text" and not all(isinstance(value, str) for value in values):
+            raise TransferError("it makes %s of something else than text" % _what(cls))
+        if bound == "keys":
+            for value in values:
+                if isinstance(value, (dict, list, tuple, set, frozenset)):
+                    self._hashed(value)
+        if bound == "digits":
+            decimal = sys.modules.get("decimal")
+            for value in values:
+                if isinstance(value, int):
+                    too_many = value.bit_length() > _DIGIT_BITS
+                elif isinstance(value, (str, bytes, bytearray)):
+                    # A Decimal keeps its digits; an int or a Fraction converts them,
+                    # and a Fraction's exponent makes more (Fraction("1e999999999")).
+                    too_many = key[0] != "decimal" and (len(value) > _DIGITS or (
+                        key[0] == "fractions" and "e" in str(value).lower()))
+                else:  # a Decimal's digits tuple, an int of a Decimal (int(Decimal("1e99999999")))
+                    too_many = isinstance(value, (tuple, list)) or (
+                        decimal is not None and isinstance(value, decimal.Decimal)
+                        and key[0] != "decimal")
+                if too_many:
+                    raise TransferError("it makes %s of more digits than p2p.py converts"
+                                        % _what(cls))
+
+    def _reconstructor(self, func, cls=None, base=None, state=None):
+        # copyreg's, for protocols 0 and 1: base.__new__(cls, state), base.__init__(...).
+        kinds = [self.handed.get(id(c), (None, None))[1] for c in (cls, base)]
+        if not (isinstance(cls, type) and isinstance(base, type) and issubclass(cls, base)
+                and set(kinds) <= {"own", "value", "exception"}
+                and (base is object or base.__module__ == "builtins")):
+            raise TransferError("it calls copyreg._reconstructor with what it does not rebuild")
+        if base is not object:
+            self._bound(base, (state,), {}, False)
+        return func(cls, base, state)
+
+    def _numpy_call(self, kind, func, args, kwargs):
+        np = self.np
+        if kwargs or kind == "numpy.ndarray":
+            raise TransferError("it calls %s in a way numpy's pickles never do" % _what(func))
+        if kind == "numpy.dtype":  # dtype(name, align, copy), given its state by BUILD
+            if not 1 <= len(args) <= 3 or not isinstance(args[0], (str, bytes)):
+                raise TransferError("it makes a numpy dtype of something else than its name")
+            made = np.dtype(args[0], args[1:2] == (True,), True)  # a copy: none numpy shares
+            self.pending[id(made)] = made
+            return made
+        if kind == "numpy.DType":
+            if not all(type(arg) in _FLAT for arg in args):
+                raise TransferError("it makes a numpy dtype of something else than words")
+            return func(*args)
+        if kind == "numpy._reconstruct" and len(args) == 3:  # (cls, shape, dtype)
+            cls, shape, dtype = args
+            if not (isinstance(cls, type) and issubclass(cls, np.ndarray)
+                    and id(cls) in self.handed):
+                raise TransferError("it makes an array of what is not an array class")
+            dtype = self._finished(dtype, names=True)
+            self._charge(self._cells(shape) * dtype.itemsize)
+            return func(cls, shape, dtype)
+        if kind == "numpy.scalar" and len(args) in (1, 2):  # (dtype, its bytes)
+            dtype = self._finished(args[0])
+            if not dtype.hasobject and (len(args) != 2 or type(args[1]) is not bytes):
+                raise TransferError("it makes a numpy scalar of what is not its bytes")
+            self._charge(dtype.itemsize)
+            return func(*args)
+        if kind == "numpy._frombuffer" and len(args) in (4, 5):  # (buffer, dtype, shape, ...)
+            if not isinstance(args[0], (bytes, bytearray)):
+                raise TransferError("it makes an array of what is not a buffer")
+            self._finished(args[1])
+            self._cells(args[2])
+            return func(*args)  # a view of the buffer, checked by numpy
+        raise TransferError("it calls %s in a way numpy's pickles never do" % _what(func))
+
+    def _finished(self, dtype, names=False):
+        """dtype, a numpy dtype (or, with names, a dtype's name) with its state."""
+        if names and isinstance(dtype, (str, bytes)):
+            return self.np.dtype(dtype)
+        if not isinstance(dtype, self.np.dtype) or id(dtype) in self.pending:
+            raise TransferError("it uses a numpy dtype before it has its state")
+        return dtype
+
+    def _cells(self, shape):
+        """How many items an array of shape holds."""
+        shape = (shape,) if type(shape) is int else shape
+        if type(shape) not in (tuple, list) or len(shape) > 64 or not all(
+                type(n) is int and 0 <= n < 1 << 63 for n in shape):
+            raise TransferError("it holds an array shape numpy never writes")
+        cells = 1
+        for n in shape:
+            cells *= n
+        return cells
+
+    # -- what a payload may change
+
+    def _shared(self, obj):
+        """True for what lives beyond this load: classes, functions, modules,
+        enum members, numpy's scalars and dtypes (but those it is making
+        here), and whatever find_class handed out. No payload changes them."""
+        if id(obj) in self.handed:
+            return True
+        if type(obj) in (list, dict, set):
+            return False
+        np = self.np
+        return isinstance(obj, (type, types.ModuleType, types.FunctionType,
+                                types.BuiltinFunctionType, types.MethodType, self.enum)) or (
+            np is not None and (isinstance(obj, np.generic) or isinstance(obj, np.dtype)
+                                and id(obj) not in self.pending))
+
+    def _changes(self, obj):
+        if self._shared(obj):
+            raise TransferError("it changes %s, which is not its own to change" % _what(obj))
+
+    def _array_state(self, array, state):
+        np = self.np
+        if type(array).__setstate__ is not np.ndarray.__setstate__:
+            if self.handed.get(id(type(array)), (None, None))[1] != "allowed":
+                raise TransferError("it gives an array of %s a state p2p.py cannot check"
+                                    % _what(type(array)))
+            return
+        if type(state) is not tuple or len(state) not in (4, 5):
+            raise TransferError("it holds an array state numpy never writes")
+        shape, dtype, _, data = state[-4:]
+        dtype = self._finished(dtype)
+        cells = self._cells(shape)
+        self._charge(cells * dtype.itemsize)
+        if dtype.flags & _LIST_PICKLE:  # numpy reads that many items, unchecked
+            if type(data) is not list or len(data) != cells:
+                raise TransferError("it holds an array of objects whose items do not fit it")
+        elif type(data) is not bytes or len(data) != cells * dtype.itemsize:
+            raise TransferError("it holds an array whose bytes do not fit it")
+
+    def _dtype_state(self, dtype, state):
+        if id(dtype) not in self.pending:
+            self._changes(dtype)
+        self._unfinished(state)  # (this dtype too: no dtype holds itself)
+        del self.pending[id(dtype)]
+        pickle._Unpickler.load_build(self)
+        try:
+            sound = _sound_dtype(self.np, dtype)
+        except Exception:  # numpy refuses its description (a field past the end...)
+            sound = False
+        if not sound:
+            raise TransferError("it holds a numpy dtype that numpy itself would not make")
+
+    def _unfinished(self, value, depth=4):
+        """Refuse a numpy dtype without its state yet in value (a dtype's state)."""
+        if isinstance(value, self.np.dtype) and id(value) in self.pending:
+            raise TransferError("it uses a numpy dtype before it has its state")
+        if depth and isinstance(value, (tuple, list, dict)):
+            self._charge(len(value))
+            for item in value.values() if isinstance(value, dict) else value:
+                self._unfinished(item, depth - 1)
+
+    # -- what a payload may cost
+
+    def _charge(self, cost):
+        self.spent += cost
+        if self.spent > self.budget:
+            raise TransferError("loading it would cost more than its %d bytes may" % self.size)
+
+    def _weight(self, value):
+        """What copying value makes, in items or bytes (a range: the ints it holds)."""
+        np = self.np
+        if np is not None and isinstance(value, np.ndarray):
+            return value.size
+        if isinstance(value, (str, bytes, bytearray, tuple, list, dict, set, frozenset, range)):
+            try:
+                return len(value)
+            except OverflowError:  # a range of more than sys.maxsize ints
+                return sys.maxsize
+        return 0
+
+    def _hashed(self, keys):
+        """Charge the walk that hashing each key makes."""
+        for key in keys:
+            if type(key) in _FLAT:
+                continue
+            todo, left = [key], self.budget - self.spent
+            while todo and left >= 0:
+                item = todo.pop()
+                left -= 2  # (an item costs more to hash than a byte to copy)
+                if isinstance(item, (tuple, frozenset)):
+                    todo.extend(item)
+            self._charge(self.budget - self.spent - left)
+
+    # -- pickle's opcodes, vetted (see pickle._Unpickler)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def load_reduce(self):
+        args = self.stack.pop()
+        self.stack[-1] = self._call(self.stack[-1], args, {}, False)
+    dispatch[pickle.REDUCE[0]] = load_reduce
+
+    def load_newobj(self):
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(self._call(cls, args, {}, True))
+    dispatch[pickle.NEWOBJ[0]] = load_newobj
+
+    def load_newobj_ex(self):
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.append(self._call(cls, args, kwargs, True))
+    dispatch[pickle.NEWOBJ_EX[0]] = load_newobj_ex
+
+    def _instantiate(self, klass, args):  # for OBJ and INST (protocols 0 and 1)
+        self.append(self._call(klass, tuple(args), {}, not args))
+
+    def load_build(self):
+        inst, state = self.stack[-2:]
+        self._charge(sum(self._weight(part) for part in state) if type(state) is tuple
+                     else self._weight(state))
+        np = self.np
+        if np is not None and isinstance(inst, np.dtype):
+            return self._dtype_state(inst, state)
+        self._changes(inst)
+        if np is not None and isinstance(inst, np.ndarray):
+            self._array_state(inst, state)
+        pickle._Unpickler.load_build(self)
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def load_append(self):
+        self._changes(self.stack[-2])
+        pickle._Unpickler.load_append(self)
+    dispatch[pickle.APPEND[0]] = load_append
+
+    def load_appends(self):
+        self._changes(self.metastack[-1][-1])
+        pickle._Unpickler.load_appends(self)
+    dispatch[pickle.APPENDS[0]] = load_appends
+
+    def load_setitem(self):
+        self._changes(self.stack[-3])
+        self._hashed(self.stack[-2:-1])
+        pickle._Unpickler.load_setitem(self)
+    dispatch[pickle.SETITEM[0]] = load_setitem
+
+    def load_setitems(self):
+        self._changes(self.metastack[-1][-1])
+        self._hashed(self.stack[::2])
+        pickle._Unpickler.load_setitems(self)
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+
+    def load_additems(self):
+        self._changes(self.metastack[-1][-1])
+        self._hashed(self.stack)
+        pickle._Unpickler.load_additems(self)
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+
+    def load_dict(self):
+        self._hashed(self.stack[::2])
+        pickle._Unpickler.load_dict(self)
+    dispatch[pickle.DICT[0]] = load_dict
+
+    def load_frozenset(self):
+        self._hashed(self.stack)
+        pickle._Unpickler.load_frozenset(self)
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
+
+    def load_bytearray8(self):
+        # Python's pickle makes (zeroed) the bytearray a payload announces, then reads it.
+        size = int.from_bytes(self.read(8), "little")
+        if size > self.size:
+            raise TransferError("it announces a bytearray larger than itself")
+        data = bytearray(size)
+        if self._unframer.current_frame:
+            self.readinto(data)
+        elif self.file.readinto(data) != size:  # a large one, read in place: not copied
+            raise TransferError("it ends inside a bytearray")
+        self.append(data)
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
+
+def _load(file, trust=False, allow=(), size=None):
+    """Load a pickle from a peer: whole if trusted, else by the allow-list
+    above (allow: more modules to load from; size: the payload's)."""
+    if trust:
+        return pickle.Unpickler(file).load()
+    return _ResultUnpickler(file, allow, size).load()
 
 
 def _describe_unpicklable(fn, args, kwargs):
@@ -1344,6 +2212,7 @@ class _Assembly:
 
     KEEP = 60.0  # seconds an incomplete payload is kept
     MOST = 256  # incomplete payloads kept at once
+    EACH = 32  # of them from one sender process: no member crowds out the rest
     ASK_AFTER = 0.5  # seconds without a piece before asking for the rest
     ASKS = 5  # times we ask
 
@@ -1372,8 +2241,14 @@ class _Assembly:
             entry = _Partial(msg, now)  # another payload under that name: the new one counts
         entry.got[n], entry.heard = data, now
         if len(entry.got) < of:
-            if len(self._partial) < self.MOST or which in self._partial:
-                self._partial[which] = entry
+            if which not in self._partial:
+                sender = _process_of(msg["id"])
+                theirs = [k for k in self._partial if _process_of(k[0]) == sender]
+                if len(theirs) >= self.EACH:
+                    del self._partial[min(theirs, key=lambda k: self._partial[k].since)]
+                elif len(self._partial) >= self.MOST:
+                    return None
+            self._partial[which] = entry
             return None
         self._partial.pop(which, None)
         return b"".join(entry.got[i] for i in range(of))
@@ -1551,10 +2426,16 @@ def _receive_file(config, code, name, size, folder, running=None):
             raise
         raise TransferError("the peer sent more than the %d bytes announced for %s"
                             % (size, name)) from None
+    return _received(folder, name, size)
+
+
+def _received(folder, name, size):
+    """The path of what a receive brought, if it is the regular file announced."""
     path = os.path.join(folder, name)
-    if os.listdir(folder) != [name] or os.path.getsize(path) != size:
-        raise TransferError("the peer sent %s, not the %d bytes of %s that were "
-                            "announced" % (os.listdir(folder), size, name))
+    got = os.lstat(path) if os.listdir(folder) == [name] else None
+    if got is None or not stat.S_ISREG(got.st_mode) or got.st_size != size:
+        raise TransferError("the peer sent %s, not the file %s of %d bytes that was "
+                            "announced" % (os.listdir(folder), name, size))
     return path
 
 
@@ -1675,7 +2556,7 @@ def _run_task(task_path, result_path):
                            for w in caught]
     with open(result_path, "wb") as f:
         try:  # straight to the file: a large result is not copied in memory
-            _dump(outcome, f)
+            _dump(outcome, f, home=True)
         except Exception as exc:
             what = "result" if "value" in outcome else "exception"
             f.seek(0)
@@ -1688,7 +2569,7 @@ def _run_task(task_path, result_path):
 def _failure(error, traceback_text="", stdout="", stderr=""):
     """A pickled outcome for a task that failed outside its own code."""
     return _dumps({"error": error, "traceback": traceback_text, "stdout": stdout,
-                   "stderr": stderr, "warnings": []})[0]
+                   "stderr": stderr, "warnings": []}, home=True)[0]
 
 
 def _checked_outcome(outcome):
@@ -1701,9 +2582,9 @@ def _checked_outcome(outcome):
         return (isinstance(outcome.get("error", Exception()), BaseException)
                 and all(isinstance(text, str) for text in texts)
                 and isinstance(warned, list)
-                and all(isinstance(w, tuple) and len(w) == 4 and isinstance(w[1], type)
-                        and issubclass(w[1], Warning) and isinstance(w[2], str)
-                        and isinstance(w[3], int) for w in warned))
+                and all(isinstance(w, tuple) and len(w) == 4 and isinstance(w[0], str)
+                        and isinstance(w[1], type) and issubclass(w[1], Warning)
+                        and isinstance(w[2], str) and isinstance(w[3], int) for w in warned))
 
     if not shaped():
         raise TransferError("it is not the outcome of a task")
@@ -1847,26 +2728,10 @@ class _Worker(_Member):
         self._announce()
 
     def _announce(self, only=None):
-        if self.exposed:
-            return  # take no task while a non-member could act on the board
         for slot in [only] if only else self.slots.values():
             if slot.free > 0:
                 self.say("idle", id=slot.id, py=PY, dh=self.share.public, free=slot.free)
         self.announced = time.monotonic()
-
-    def denied(self):
-        log.error("%s", self._denied)
-        self.stopped.set()
-
-    def intruders_changed(self):
-        if self.exposed:
-            log.warning("not a member of %s on the board: %s; taking no task "
-                        "until they are gone", self.cluster, ", ".join(self.intruders))
-        elif self.intruders:
-            log.warning("not a member of %s on the board: %s; the cluster's secret "
-                        "keeps them out", self.cluster, ", ".join(self.intruders))
-        else:
-            self._announce()
 
     def about(self):
         return {"slots": len(self.slots), "done": self.done,
@@ -1893,8 +2758,9 @@ class _Worker(_Member):
         else:
             if slot.free <= 0:
                 why = "busy"
-            elif self.exposed:
-                why = "a non-member is on the board"
+            elif msg["size"] > self.config.max_payload:
+                why = ("the task is %d bytes, more than this worker takes (P2P_MAX_PAYLOAD"
+                       "=%d)" % (msg["size"], self.config.max_payload))
             elif msg["py"] not in ("", PY):
                 why = "this worker runs Python %s" % PY
         if why is not None:
@@ -2098,8 +2964,6 @@ class _Worker(_Member):
             self.stopped.wait(max(0.0, deadline - time.monotonic()))
         finally:
             self.stop()
-        if self._denied:
-            raise ClusterError(self._denied)
 
     def stop(self):
         self.stopped.set()
@@ -2142,8 +3006,17 @@ class _TaskFuture(concurrent.futures.Future):
         if replay:
             sys.stdout.write(replay["stdout"])
             sys.stderr.write(replay["stderr"])
+            # A warning is shown with its line of source, which linecache reads
+            # from the file it names: a worker names it, so only the client's
+            # own script is read; another name goes in <...>, which linecache
+            # never opens (a worker gone bad would name /etc/passwd, or
+            # /dev/zero). Its class's __init__ does not run (see _exception).
+            script = getattr(sys.modules.get("__main__"), "__file__", None)
             for message, category, filename, lineno in replay["warnings"]:
-                warnings.warn_explicit(message, category, filename, lineno)
+                if filename != script:
+                    filename = "<worker: %s>" % filename
+                warnings.warn_explicit(_exception(category, (message,), None), category,
+                                       filename, lineno if 0 < lineno < 1 << 31 else 0)
 
 
 # A task's states on its client, and where each may go next: the one place
@@ -2285,6 +3158,12 @@ class _Client(_Member):
             task.move("receiving")
             self._say_took(task)
             self.outcomes.put((self._load_result, task, sealed))
+        elif msg["size"] > self.config.max_payload:
+            self._say_took(task)  # so that it stops saying it: we will not take it
+            self._end(task, "failed", error=TransferError(
+                "the result of task %s from %s is %d bytes, more than this client takes "
+                "(P2P_MAX_PAYLOAD=%d): raise it, or return less" % (
+                    task.id, task.slot, msg["size"], self.config.max_payload)))
         else:
             task.move("receiving")
             threading.Thread(target=self._receive_result, args=(task, msg["size"]),
@@ -2371,7 +3250,7 @@ class _Client(_Member):
         for task in [t for t in self.queue if t.future.cancelled()]:
             task.future.set_running_or_notify_cancel()  # wakes its waiters
             self._end(task, "cancelled")
-        if self.exposed or not self.queue:
+        if not self.queue:
             return
         # What a slot last said of its room misses our tasks still on their
         # way to it: we never hold more than DEPTH there ourselves.
@@ -2515,18 +3394,21 @@ class _Client(_Member):
         try:
             try:
                 if folder is None:
-                    source = io.BytesIO(_open(task.keys[1], sealed))
+                    data = _open(task.keys[1], sealed)
+                    size, source = len(data), io.BytesIO(data)
                 else:
                     plain = sealed + ".pkl"
                     _open_file(task.keys[1], sealed, plain)
                     os.remove(sealed)
-                    source = open(plain, "rb")  # from the file: a large result is read once
+                    # From the file: a large result is read once.
+                    size, source = os.path.getsize(plain), open(plain, "rb")
             except TransferError as exc:  # a forgery, or damage: never unpickled
                 self.post(self._retry, task, "its result was refused: %s" % exc)
                 return
             try:
                 with source:
-                    outcome = _checked_outcome(_load(source, self.config.trust))
+                    outcome = _checked_outcome(_load(source, self.config.trust,
+                                                     self.config.allow, size))
             except Exception as exc:  # a broken payload fails its task, not the client
                 why = "the result of task %s from %s was refused: %s" % (task.id, task.slot,
                                                                        exc)
@@ -2678,14 +3560,22 @@ class Executor(concurrent.futures.Executor):
     whether to trust results, ...); default: from the environment.
     retries: how often a task is assigned anew when its worker is lost or its
     transfer fails (default P2P_RETRIES, else 2).
+    allow: packages whose classes a result may hold besides the safe
+    defaults (["pandas"]; P2P_ALLOW); trust: load results as plain pickle,
+    code and all, only for clusters whose members you all trust (P2P_TRUST).
     progress: show a progress bar of every call on stderr until shutdown
     (map can show one for its own calls).
     Joining raises ClusterError within 15 s when the cluster is not hosted or
     you are not on its access list.
     """
 
-    def __init__(self, cluster=None, config=None, retries=None, progress=False):
-        self._config = config or Config()
+    def __init__(self, cluster=None, config=None, retries=None, progress=False,
+                 allow=None, trust=None):
+        self._config = copy.copy(config or Config())
+        if allow is not None:
+            self._config.allow = tuple(allow)
+        if trust is not None:
+            self._config.trust = bool(trust)
         retries = _number("P2P_RETRIES", retries, RETRIES, int)
         name = cluster or os.environ.get("P2P_CLUSTER")
         board = None
@@ -2864,7 +3754,12 @@ class _Host(_Peer):
         if cluster.personal:
             raise P2PError("%s is a personal cluster: it needs no host" % cluster)
         members = sorted(set(members) - {user})
-        super().__init__(config, cluster, user, _peer_id(user), access=members or [user])
+        # The key as kept: a live host has it too, and must hear us (open).
+        self.secret = secret = config.secret or _secret_of(config, cluster, user)[0]
+        if not config.secret:
+            _change_keys(cluster, lambda kept: kept.setdefault("host", secrets.token_hex(32)))
+        super().__init__(config, cluster, user, _peer_id(user), secret,
+                         access=members or [user])
         self.members = members
         self.spare = _Board(config, cluster.channel, None)  # heard by no one: drained
         self.intruders = []
@@ -2874,44 +3769,114 @@ class _Host(_Peer):
         self.stopped = threading.Event()
         self._rival = threading.Event()
         self._backoff = _Backoff()
+        self._hello = ""  # our own hello, which a rival host answers
+        self._hinted = 0.0  # when we last answered a hello we could not check
+        self._held = (None, {})  # (the key file's mtime, the owner's kept keys)
+
+    def kept(self):
+        """The owner's keys as kept (invites add secrets while we run)."""
+        try:
+            stamp = os.stat(_keys_path(self.cluster)).st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp != self._held[0]:
+            self._held = stamp, _read_keys(self.cluster)
+        return self._held[1]
 
     def open(self):
         # A list already stored may be a dead host's: only a live one refuses us.
         self.start_loop()
         self.board.connect()
-        self.say("hello", id=self.id, role="host", user=self.user, py=PY)
+        self._say_hello()
         if self._rival.wait(ANSWER_TIMEOUT):
             self.close()
             raise P2PError("%s is already hosted by another process of %s: stop it "
                            "first" % (self.cluster, self.user))
+        if not self.config.secret:
+            secret = _owner_keys(self.cluster, self.members)["key"]
+            if secret != self.secret:
+                log.info("a member was taken off %s: it has a new key, which the others "
+                         "get from us as they say hello", self.cluster)
+                with self.lock:
+                    self.secret, (self.key, self.salt) = secret, _keys(secret, self.cluster)
+                self._say_hello()  # members connected now hear it: they ask for the key
         self._check()  # the list is stored: the spare session joins
         log.info("hosting %s for %s", self.cluster, ", ".join(self.members) or "nobody")
 
+    def _say_hello(self):
+        t = _now_t()
+        self._hello = "%s %d" % (self.id, t)
+        self.say("hello", id=self.id, role="host", user=self.user, py=PY, t=t, proof="")
+
+    def _secret_for(self, msg):
+        """The member's own secret, when their hello proves it (None else)."""
+        if self.config.secret or not msg["proof"]:
+            return None
+        kept = self.kept()
+        return _member_secret(self.cluster, kept.get("secrets", {}), msg["user"],
+                              msg["proof"], _hello_of(msg), self.members)
+
     def on_unsigned(self, msg):
-        if msg.kind == "hello":  # unsigned, as the peer may lack our key
-            self.say("denied", to=msg["id"], signed=False, id=self.id, why=(
-                "%s has a secret; ask %s for its file and set P2P_SECRET_FILE "
-                "(yours, if you have one, is not it)" % (self.cluster, self.user)
-                if self.key else "%s has no secret: unset P2P_SECRET and "
-                "P2P_SECRET_FILE to join it" % self.cluster))
+        if (msg.kind != "hello" or msg["role"] == "host"
+                or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", msg["user"])
+                or abs(msg["t"] / 1e6 - time.time()) > FRESH):
+            return
+        user, secret = msg["user"], self._secret_for(msg)
+        if secret is not None:  # a member with an old key, or none: hand it over
+            self._welcome(msg, secret, base64.b64encode(_seal(
+                _proof(secret, "key", _hello_of(msg)).encode(),
+                self.secret.encode())).decode())
+            return
+        # Unsigned, as the peer lacks our key: a hint, which anyone could forge
+        # (and flood us with: a hint every half second at most).
+        if time.monotonic() - self._hinted < 0.5:
+            return
+        self._hinted = time.monotonic()
+        if self.config.secret:
+            why = ("%s has a secret of its own: ask %s for its file and set "
+                   "P2P_SECRET_FILE to it (yours, if you have one, is not it)"
+                   % (self.cluster, self.user))
+        elif user in self.members or user == self.user:
+            why = ("the key you hold for %s is not its key: ask %s to run `python -m "
+                   "p2p invite %s %s`, then run the `python -m p2p join` line it prints"
+                   % (self.cluster, self.user, self.cluster, user))
+        else:
+            why = self._not_a_member(user)
+        self.say("denied", to=msg["id"], signed=False, id=self.id, why=why)
+
+    def _not_a_member(self, user):
+        return ("%s is not a member of %s; ask %s to add you: python -m p2p host %s "
+                "--users ...,%s, then python -m p2p invite %s %s"
+                % (user, self.cluster, self.user, self.cluster, user, self.cluster, user))
 
     def _on_hello(self, msg):
         if msg["id"] == self.id:
             return
-        if msg["role"] == "host":
-            self.say("welcome", to=msg["id"], id=self.id, intruders=[])
+        if msg["role"] == "host":  # another of ours, proven with what only we keep
+            rival = self.kept().get("host")
+            self.say("welcome", to=msg["id"], id=self.id, secret="",
+                     proof=_proof(rival, "welcome", _hello_of(msg)) if rival else "")
         elif msg["user"] in self.members or msg["user"] == self.user:
-            self.say("welcome", to=msg["id"], id=self.id, intruders=self.intruders)
+            self._welcome(msg, self._secret_for(msg), "")
             (log.debug if msg["role"] == "observer" else log.info)(
                 "%s joined as a %s (%s)", msg["user"], msg["role"], msg["id"])
         else:
-            self.say("denied", to=msg["id"], id=self.id, why=(
-                "%s is not a member of %s; ask %s to add you: python -m p2p "
-                "host %s --users ...,%s" % (msg["user"], self.cluster, self.user,
-                                            self.cluster, msg["user"])))
+            self.say("denied", to=msg["id"], id=self.id, why=self._not_a_member(
+                msg["user"]))
+
+    def _welcome(self, msg, secret, sealed):
+        """Welcome a member: with their secret, proven to them, and with the
+        cluster's secret sealed for them when they lack it."""
+        self.say("welcome", to=msg["id"], id=self.id, secret=sealed,
+                 proof=_proof(secret, "welcome", _hello_of(msg)) if secret else "")
 
     def _on_welcome(self, msg):
-        if msg.to == self.id:
+        # A member with the key could answer for a host: only the owner's
+        # machine keeps the secret that proves one (with a secret file, all
+        # its holders are alike).
+        rival = self.kept().get("host")
+        if msg.to == self.id and (not rival or hmac.compare_digest(
+                msg["proof"].encode(), _proof(rival, "welcome", self._hello).encode())):
             self._rival.set()
 
     def _on_who(self, msg):
@@ -2928,7 +3893,8 @@ class _Host(_Peer):
         others = max(0, len(users) - 1 - self.spare.running())
         self.say("here", to=asker, id=self.id, role="host", user=self.user, py=PY,
                  since=self.started, about={"members": self.members, "until": self.until,
-                                            "sessions": others})
+                                            "sessions": others,
+                                            "intruders": self.intruders})
 
     def _on_bye(self, msg):
         log.info("%s said goodbye", msg["id"])
@@ -2974,20 +3940,92 @@ class _Host(_Peer):
         if intruders != self.intruders:
             if intruders:
                 log.warning("not members, on the board of %s: %s (pico.sh lets a "
-                            "stranger's first connection in)", self.cluster,
+                            "stranger's first connection in); without the cluster's "
+                            "key they can neither read a task nor act", self.cluster,
                             ", ".join(intruders))
             else:
                 log.info("no more non-members on the board of %s", self.cluster)
             self.intruders = intruders
-            self.say("intruders", id=self.id, users=intruders)
-        elif intruders:
-            self.say("intruders", id=self.id, users=intruders)  # for newcomers
 
     def close(self):
         self.stopped.set()
         self.spare.close()
         self.board.close()
         self.stop_loop()
+
+
+_INVITE_SIZE = 1024  # bytes of an invitation: its JSON, padded
+
+
+def _invite(config, cluster, user, member=None, timeout=600.0, out=None):
+    """Hand a shared cluster's key, and a secret of their own, to one member
+    by wormhole: print the `join` line that takes it, wait for the join."""
+    out = out or sys.stdout
+    if user != cluster.owner:
+        raise P2PError("only %s can invite members to %s (you are %s)"
+                       % (cluster.owner, cluster, user))
+    if cluster.personal:
+        raise P2PError("%s is a personal cluster: it is yours alone, and needs no "
+                       "invitation (a shared one does: python -m p2p host %s/NAME "
+                       "--users ...)" % (cluster, user))
+    if config.secret:
+        raise P2PError("%s uses the secret in your P2P_SECRET_FILE: hand that file to "
+                       "its members yourself, or unset it to invite" % cluster)
+    name = member or "*" + secrets.token_hex(4)  # anyone's, until its first hello
+    secret = secrets.token_hex(32)
+
+    def add(kept):
+        kept.setdefault("key", secrets.token_hex(32))
+        kept.setdefault("members", [])
+        kept.setdefault("secrets", {})[name] = secret
+
+    kept = _change_keys(cluster, add)
+    invitation = json.dumps({"cluster": cluster.name, "key": kept["key"],
+                             "secret": secret}).encode().ljust(_INVITE_SIZE)
+    code = "%d-%s" % (secrets.randbelow(9000000) + 1000000, secrets.token_hex(5))
+    folder = tempfile.mkdtemp(prefix="p2p-invite-")
+    try:
+        with open(os.path.join(folder, "invitation"), "wb") as f:
+            f.write(invitation)
+        print("python -m p2p join %s %s" % (cluster, code), file=out, flush=True)
+        log.info("waiting up to %.0fs for %s to run that line (give it to them "
+                 "yourself: the code is good for one join)", timeout, member or "a member")
+        try:
+            _wormhole(config, ["send", "--hide-progress", "--code", code, "invitation"],
+                      folder, timeout)
+        except TransferError as exc:
+            _change_keys(cluster, lambda kept: kept["secrets"].pop(name, None))
+            raise P2PError("no one joined %s with that code (%s); it is void now: run "
+                           "`python -m p2p invite %s%s` again for a new one" % (
+                               cluster, exc, cluster, " " + member if member else ""))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    log.info("%s joined %s", member or "a member", cluster)
+
+
+def _join(config, cluster, code, user):
+    """Take the invitation behind a code and keep the cluster's key here."""
+    folder = tempfile.mkdtemp(prefix="p2p-join-")
+    try:
+        try:
+            path = _receive_file(config, code, "invitation", _INVITE_SIZE, folder)
+            with open(path, "rb") as f:
+                invitation = json.loads(f.read())
+        except (TransferError, ValueError) as exc:
+            raise P2PError("could not join %s with code %s: %s. Codes are good for one "
+                           "join and while `invite` waits: ask %s for a new one"
+                           % (cluster, code, exc, cluster.owner)) from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if not (isinstance(invitation, dict) and invitation.get("cluster") == cluster.name
+            and all(isinstance(invitation.get(k), str) and len(invitation[k]) >= 32
+                    for k in ("key", "secret"))):
+        raise P2PError("that code was for another cluster, not %s: ask %s for one to %s"
+                       % (cluster, cluster.owner, cluster))
+    _change_keys(cluster, lambda kept: kept.update(key=invitation["key"],
+                                                   secret=invitation["secret"]))
+    print("joined %s as %s: start a worker with `python -m p2p worker %s`, or use "
+          "p2p.Executor(%r) in a script" % (cluster, user, cluster, cluster.name))
 
 
 # -- status and doctor --------------------------------------------------------
@@ -2997,7 +4035,8 @@ _PROXIES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY
             "ALL_PROXY")
 # What each role tells a roll call, and the types we accept from strangers.
 _ABOUT = {
-    "host": {"members": list, "until": (int, type(None)), "sessions": int},
+    "host": {"members": list, "until": (int, type(None)), "sessions": int,
+             "intruders": list},
     "worker": {"slots": int, "busy": int, "done": int},
     "client": {"queued": int, "running": int},
 }
@@ -3282,6 +4321,22 @@ def _parser():
                         help="parallel workers in this process (default 1)")
     worker.add_argument("--duration", type=_duration, default=3600,
                         help="how long to work (default 1h)")
+    invite = commands.add_parser(
+        "invite", parents=[common], help="give a member the key of your cluster",
+        description="Print the line a member runs to join CLUSTER (a one-time "
+        "wormhole code), then wait until they did. Run it where you host the "
+        "cluster; the host need not be running.")
+    invite.add_argument("cluster", help="your shared cluster, you/name")
+    invite.add_argument("user", nargs="?", help="the member's pico.sh user name "
+                        "(default: whoever runs the line first)")
+    invite.add_argument("--timeout", type=_duration, default=600.0,
+                        help="how long to wait for the join (default 10m)")
+    join = commands.add_parser(
+        "join", parents=[common], help="take the key of a cluster you were invited to",
+        description="Receive the key of CLUSTER with the code its owner's `invite` "
+        "printed, and keep it here for workers and scripts.")
+    join.add_argument("cluster", help="owner/name")
+    join.add_argument("code", help="the code from the owner's invite")
     commands.add_parser("user", parents=[common], help="print your pico.sh user name")
     status = commands.add_parser(
         "status", parents=[common], help="who is on a cluster now",
@@ -3336,10 +4391,18 @@ def main(argv=None):
         user = whoami(config)
         if args.command == "user":
             print(user)
+        elif args.command == "invite":
+            _invite(config, Cluster(args.cluster), user, args.user, args.timeout)
+        elif args.command == "join":
+            _join(config, Cluster(args.cluster), args.code, user)
         elif args.command == "host":
             host = _Host(config, Cluster(args.cluster), user,
                          [u.strip() for u in args.users.split(",") if u.strip()])
             host.open()
+            if not config.secret:
+                log.info("members get its key once, each with a code of their own: "
+                         "python -m p2p invite %s USER (run here; it prints the line "
+                         "they run)", host.cluster)
             if issued:
                 log.info("wrote a new secret for %s to %s: give that file to its members "
                          "yourself (never on the board); they set P2P_SECRET_FILE to it",

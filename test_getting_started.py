@@ -105,8 +105,9 @@ def test_doctor_tells_mallory_she_is_not_on_the_list(stack, name):
     status, checks = doctor(stack, "mallory", cluster)
     assert (status, failed(checks)) == (1, {"cluster " + cluster})
     assert checks["cluster " + cluster][1] == (
-        "%s: mallory is not a member of %s; ask alice to add you: python -m p2p host "
-        "%s --users ...,mallory" % (cluster, cluster, cluster))
+        "you (mallory) hold no key for %s: ask alice to run `python -m p2p invite %s "
+        "mallory` and send you the line it prints, then run that line here: `python -m "
+        "p2p join %s CODE`" % (cluster, cluster, cluster))
 
 
 def test_without_a_wormhole_tool_doctor_and_worker_say_how_to_get_one(stack, tmp_path):
@@ -220,7 +221,8 @@ def test_magic_wormhole_and_wormhole_william_peers_work_together(stack, name, tm
     on_python.process.terminate()
     on_python.wait(30)
     worker(stack, "diana", cluster)  # on wormhole-william
-    python = script(stack, "bob", both, env=dict(python_only, P2P_CLUSTER=cluster))
+    bob_python_only = tools_only(stack, "bob", tmp_path / "python-bob", "wormhole")
+    python = script(stack, "bob", both, env=dict(bob_python_only, P2P_CLUSTER=cluster))
     assert python.stdout == "True\n%s\n" % stack.env("diana")["PATH"], python.stderr
 
 

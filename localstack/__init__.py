@@ -424,6 +424,7 @@ class Stack:
             "PATH", os.defpath)
         env["HOME"] = os.path.join(self.user_dir(user), "home")
         env.pop("SSH_AUTH_SOCK", None)  # only the user's own key may answer
+        env.pop("XDG_DATA_HOME", None)  # each user's data (p2p's keys) in their home
         if self.relay_url:
             env["WORMHOLE_RELAY_URL"] = self.relay_url
         return env
