@@ -1,6 +1,7 @@
 """p2p.py: a peer-to-peer compute cluster for Python over outbound SSH.
 
     # alice opens a cluster:      python -m p2p host alice/p2p --users bob,carol
+    # and invites each member:    python -m p2p invite alice/p2p bob  (bob: join)
     # anyone on it adds compute:  python -m p2p worker alice/p2p
     import os, p2p
 
@@ -27,10 +28,11 @@ How a task travels (one board round trip):
 Functions and classes that pickle cannot send by reference (lambdas,
 closures, those of ``__main__``) are sent by value. Each task runs in a
 child process of its worker, so a task that crashes fails alone. A client
-loads results with a restricted unpickler unless told to trust the cluster
-(P2P_TRUST=1); with a cluster secret (P2P_SECRET_FILE) every board line is
-signed and every key depends on the secret, so strangers on the board can
-do nothing.
+loads results through an allow-list unless told to trust the cluster
+(P2P_TRUST=1). A shared cluster has a key, which its owner hands each
+member once (``python -m p2p invite alice/p2p bob``, then bob's ``python
+-m p2p join alice/p2p CODE``): every board line is signed with it and
+every payload key depends on it, so strangers on the board can do nothing.
 """
 
 import argparse
@@ -3990,14 +3992,19 @@ def _invite(config, cluster, user, member=None, timeout=600.0, out=None):
         print("python -m p2p join %s %s" % (cluster, code), file=out, flush=True)
         log.info("waiting up to %.0fs for %s to run that line (give it to them "
                  "yourself: the code is good for one join)", timeout, member or "a member")
+        again = "`python -m p2p invite %s%s`" % (cluster, " " + member if member else "")
         try:
             _wormhole(config, ["send", "--hide-progress", "--code", code, "invitation"],
                       folder, timeout)
         except TransferError as exc:
+            if "did not finish" not in str(exc):
+                # It may fail as it ends, the invitation delivered: their word counts.
+                raise P2PError("the invitation's transfer ended with an error (%s): if "
+                               "the join said `joined %s`, all is well; if not, run %s "
+                               "again" % (exc, cluster, again)) from None
             _change_keys(cluster, lambda kept: kept["secrets"].pop(name, None))
             raise P2PError("no one joined %s with that code (%s); it is void now: run "
-                           "`python -m p2p invite %s%s` again for a new one" % (
-                               cluster, exc, cluster, " " + member if member else ""))
+                           "%s again for a new one" % (cluster, exc, again)) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     log.info("%s joined %s", member or "a member", cluster)

@@ -21,7 +21,7 @@ import time
 import pytest
 
 import p2p
-from localstack import children_of, wait_until
+from localstack import children_of, invite, wait_until
 from test_localstack import on_channel, parse_ls
 
 
@@ -36,25 +36,8 @@ def host(stack, cluster, members, invited=None):
     owner = cluster.split("/")[0]
     hosting = p2p_command(stack, owner, "host", cluster, "--users", members)
     hosting.expect("hosting %s" % cluster, stream="stderr", timeout=30)
-    invite(stack, cluster, *(members if invited is None else invited).split(","))
+    invite(stack, cluster, *filter(None, (members if invited is None else invited).split(",")))
     return hosting
-
-
-def invite(stack, cluster, *members):
-    """The owner's ``invite`` for each member, and each member's ``join``
-    with the line it printed (all at once); what each join printed."""
-    owner = cluster.split("/")[0]
-    inviting = [p2p_command(stack, owner, "invite", cluster, member)
-                for member in members if member]
-    lines = [i.wait_for(lambda out: re.search(rb"python -m p2p join \S+ \S+\n", out),
-                        timeout=30, what="the join line").group(0).decode().split()
-             for i in inviting]
-    joining = [p2p_command(stack, member, *line[3:]) for member, line in zip(members, lines)]
-    for j in joining:
-        assert j.wait(60) == 0, j.errors.decode()
-    for i in inviting:
-        assert i.wait(60) == 0, i.errors.decode()
-    return [j.output.decode() for j in joining]
 
 
 def board_keys(stack, user, cluster):

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 
-from localstack import Stack, children_of
+from localstack import Stack, children_of, invite
 
 CLUSTER = "alice/soak"
 
@@ -69,6 +69,7 @@ def soak(stack, workdir, tasks, kill_every):
     host = stack.process("alice", [sys.executable, "-m", "p2p", "host", CLUSTER,
                                    "--users", "bob,carol,diana"])
     host.expect("hosting", stream="stderr", timeout=60)
+    invite(stack, CLUSTER, "bob", "carol", "diana")
     doomed, cut, steady = (start_worker(stack, u) for u in ("carol", "diana", "alice"))
     started = time.time()
     outputs = [os.path.join(workdir, who + ".json") for who in ("bob", "diana")]

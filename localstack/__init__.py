@@ -41,6 +41,7 @@ on its own, so that concurrent writers' long lines interleave often.
 """
 
 import os
+import re
 import select
 import signal
 import socket
@@ -618,6 +619,25 @@ class Session:
         for reader in self._readers:
             reader.join(timeout)
         return status
+
+
+def invite(stack, cluster, *members):
+    """The owner's ``python -m p2p invite`` for each member and each member's
+    ``join`` with the line it printed, all at once, as the README says to;
+    what each join printed."""
+    owner, python = cluster.split("/")[0], [sys.executable, "-m", "p2p"]
+    inviting = [stack.process(owner, python + ["invite", cluster, member])
+                for member in members]
+    lines = [i.wait_for(lambda out: re.search(rb"python -m p2p join \S+ \S+\n", out),
+                        timeout=30, what="the join line").group(0).decode().split()
+             for i in inviting]
+    joining = [stack.process(member, python + line[3:]) for member, line in zip(members, lines)]
+    for process in joining + inviting:
+        # An invite whose transfer failed as it ended leaves the word to the join.
+        if process.wait(90) != 0 and b"if the join said" not in process.errors:
+            raise AssertionError("%s failed: %s" % (" ".join(process.process.args[1:]),
+                                                   process.errors.decode()))
+    return [j.output.decode() for j in joining]
 
 
 def wait_until(predicate, timeout=15.0, what="the condition"):

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 
-from localstack import INTERNET_VARIABLE, NEWCOMER, USERS, Stack, namespace
+from localstack import INTERNET_VARIABLE, NEWCOMER, USERS, Stack, invite, namespace
 
 APT_PACKAGES = (
     "openssh-server", "openssh-client", "wormhole-william", "magic-wormhole",
@@ -93,6 +93,11 @@ def demo():
             host = stack.process("alice", python + ["host", cluster, "--users",
                                                     "bob,carol,diana"])
             host.expect("hosting", stream="stderr", timeout=30)
+            for member in ("bob", "carol", "diana"):
+                print("$ (alice) python -m p2p invite %s %s   # %s runs the line it prints"
+                      % (cluster, member, member), flush=True)
+            for said in invite(stack, cluster, "bob", "carol", "diana"):
+                print(said, end="")
             print("$ (carol) python -m p2p worker %s --workers 2" % cluster, flush=True)
             worker = stack.process("carol", python + ["worker", cluster, "--workers", "2"])
             worker.expect("worker carol@", stream="stderr", timeout=30)
