@@ -427,6 +427,9 @@ def _proof(secret, what, hello):
                     "sha256").hexdigest()[:32]
 
 
+_USER_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"  # as pico.sh's, and short
+
+
 def _hello_of(msg):
     """The name of a hello: its sender and time, unique to it."""
     return "%s %d" % (msg["id"], msg["t"])
@@ -436,7 +439,7 @@ def _owner_keys(cluster, members):
     """The owner's keys of a shared cluster with these members: made when
     there are none, made anew when a member was taken off, kept otherwise;
     what is kept. A new key also takes the secrets of everyone not on the
-    list now (invites for anyone included): only members can ask for it."""
+    list now: only members can ask for it."""
     def change(kept):
         gone = set(kept.get("members", ())) - set(members)
         if not kept.get("key") or gone:
@@ -447,26 +450,13 @@ def _owner_keys(cluster, members):
     return _change_keys(cluster, change)
 
 
-def _member_secret(cluster, held, user, proof, hello, members):
-    """The owner's secret for user (held: the owner's secrets), when proof
-    is theirs for this hello: the one of their invite, or else one of the
-    invites made for anyone, which becomes theirs now if they are a member
-    without one; None when none proves it."""
-    if not re.fullmatch(r"[0-9a-f]{32}", proof):
+def _member_secret(held, user, proof, hello):
+    """The owner's secret for user (held: the owner's secrets, by user),
+    when proof is theirs for this hello; None else."""
+    secret = held.get(user)
+    if secret is None or not re.fullmatch(r"[0-9a-f]{32}", proof):
         return None
-    if user in held:
-        secret = held[user]
-        return secret if hmac.compare_digest(proof, _proof(secret, "hello", hello)) else None
-    if user not in members or user == cluster.owner:
-        return None
-    for name, secret in held.items():
-        if name.startswith("*") and hmac.compare_digest(proof, _proof(secret, "hello", hello)):
-            def bind(kept, name=name):
-                if name in kept.get("secrets", {}) and user not in kept["secrets"]:
-                    kept["secrets"][user] = kept["secrets"].pop(name)
-            _change_keys(cluster, bind)
-            return secret
-    return None
+    return secret if hmac.compare_digest(proof, _proof(secret, "hello", hello)) else None
 
 
 def _secret_of(config, cluster, user):
@@ -956,8 +946,16 @@ class _Member(_Peer):
     def _on_welcome(self, msg):
         # With a secret of our own, only the host (the one other holder) can
         # prove a welcome; without one, any key holder could have said it.
-        if msg.to == self.id and (not self.own or self._answered(msg)):
-            self._welcome.set()
+        if msg.to != self.id:
+            return
+        if self.own:
+            hello = self._answered(msg)
+            if hello is None:
+                return
+            # Used up, with the hellos before it: no welcome recorded now, nor
+            # the key it hands over, counts when played again later.
+            self._hellos = self._hellos[self._hellos.index(hello) + 1:]
+        self._welcome.set()
 
     def _answered(self, msg):
         """Which of our recent hellos a welcome proves it answers, or None."""
@@ -3758,8 +3756,6 @@ class _Host(_Peer):
         members = sorted(set(members) - {user})
         # The key as kept: a live host has it too, and must hear us (open).
         self.secret = secret = config.secret or _secret_of(config, cluster, user)[0]
-        if not config.secret:
-            _change_keys(cluster, lambda kept: kept.setdefault("host", secrets.token_hex(32)))
         super().__init__(config, cluster, user, _peer_id(user), secret,
                          access=members or [user])
         self.members = members
@@ -3769,9 +3765,8 @@ class _Host(_Peer):
         self.started = int(time.time())
         self.until = None  # when watch() will close it, for roll calls
         self.stopped = threading.Event()
-        self._rival = threading.Event()
         self._backoff = _Backoff()
-        self._hello = ""  # our own hello, which a rival host answers
+        self._only = None  # the lock that makes us the cluster's one host here
         self._hinted = 0.0  # when we last answered a hello we could not check
         self._held = (None, {})  # (the key file's mtime, the owner's kept keys)
 
@@ -3786,14 +3781,22 @@ class _Host(_Peer):
         return self._held[1]
 
     def open(self):
-        # A list already stored may be a dead host's: only a live one refuses us.
+        # One host per cluster, told by a lock on the machine that keeps its
+        # keys (the OS lets go of a dead host's): no line on the board, which
+        # a member with the key could say, can keep us from starting.
+        path = _keys_path(self.cluster)[:-len(".json")] + ".host"
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        self._only = open(path, "a")
+        try:
+            if fcntl is not None:
+                fcntl.flock(self._only, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.close()
+            raise P2PError("%s is already hosted by another process of %s: stop it "
+                           "first" % (self.cluster, self.user)) from None
         self.start_loop()
         self.board.connect()
         self._say_hello()
-        if self._rival.wait(ANSWER_TIMEOUT):
-            self.close()
-            raise P2PError("%s is already hosted by another process of %s: stop it "
-                           "first" % (self.cluster, self.user))
         if not self.config.secret:
             secret = _owner_keys(self.cluster, self.members)["key"]
             if secret != self.secret:
@@ -3806,21 +3809,19 @@ class _Host(_Peer):
         log.info("hosting %s for %s", self.cluster, ", ".join(self.members) or "nobody")
 
     def _say_hello(self):
-        t = _now_t()
-        self._hello = "%s %d" % (self.id, t)
-        self.say("hello", id=self.id, role="host", user=self.user, py=PY, t=t, proof="")
+        self.say("hello", id=self.id, role="host", user=self.user, py=PY, proof="")
 
     def _secret_for(self, msg):
         """The member's own secret, when their hello proves it (None else)."""
         if self.config.secret or not msg["proof"]:
             return None
         kept = self.kept()
-        return _member_secret(self.cluster, kept.get("secrets", {}), msg["user"],
-                              msg["proof"], _hello_of(msg), self.members)
+        return _member_secret(kept.get("secrets", {}), msg["user"], msg["proof"],
+                              _hello_of(msg))
 
     def on_unsigned(self, msg):
         if (msg.kind != "hello" or msg["role"] == "host"
-                or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", msg["user"])
+                or not re.fullmatch(_USER_NAME, msg["user"])
                 or abs(msg["t"] / 1e6 - time.time()) > FRESH):
             return
         user, secret = msg["user"], self._secret_for(msg)
@@ -3854,11 +3855,9 @@ class _Host(_Peer):
     def _on_hello(self, msg):
         if msg["id"] == self.id:
             return
-        if msg["role"] == "host":  # another of ours, proven with what only we keep
-            rival = self.kept().get("host")
-            self.say("welcome", to=msg["id"], id=self.id, secret="",
-                     proof=_proof(rival, "welcome", _hello_of(msg)) if rival else "")
-        elif msg["user"] in self.members or msg["user"] == self.user:
+        if msg["role"] == "host":
+            return  # (only one runs where the keys are kept: see open)
+        if msg["user"] in self.members or msg["user"] == self.user:
             self._welcome(msg, self._secret_for(msg), "")
             (log.debug if msg["role"] == "observer" else log.info)(
                 "%s joined as a %s (%s)", msg["user"], msg["role"], msg["id"])
@@ -3871,15 +3870,6 @@ class _Host(_Peer):
         cluster's secret sealed for them when they lack it."""
         self.say("welcome", to=msg["id"], id=self.id, secret=sealed,
                  proof=_proof(secret, "welcome", _hello_of(msg)) if secret else "")
-
-    def _on_welcome(self, msg):
-        # A member with the key could answer for a host: only the owner's
-        # machine keeps the secret that proves one (with a secret file, all
-        # its holders are alike).
-        rival = self.kept().get("host")
-        if msg.to == self.id and (not rival or hmac.compare_digest(
-                msg["proof"].encode(), _proof(rival, "welcome", self._hello).encode())):
-            self._rival.set()
 
     def _on_who(self, msg):
         threading.Thread(target=self._answer_roll_call, args=(msg["id"],), daemon=True,
@@ -3954,12 +3944,14 @@ class _Host(_Peer):
         self.spare.close()
         self.board.close()
         self.stop_loop()
+        if self._only is not None:
+            self._only.close()  # and with it the lock: another host may start
 
 
 _INVITE_SIZE = 1024  # bytes of an invitation: its JSON, padded
 
 
-def _invite(config, cluster, user, member=None, timeout=600.0, out=None):
+def _invite(config, cluster, user, member, timeout=600.0, out=None):
     """Hand a shared cluster's key, and a secret of their own, to one member
     by wormhole: print the `join` line that takes it, wait for the join."""
     out = out or sys.stdout
@@ -3973,13 +3965,14 @@ def _invite(config, cluster, user, member=None, timeout=600.0, out=None):
     if config.secret:
         raise P2PError("%s uses the secret in your P2P_SECRET_FILE: hand that file to "
                        "its members yourself, or unset it to invite" % cluster)
-    name = member or "*" + secrets.token_hex(4)  # anyone's, until its first hello
+    if not re.fullmatch(_USER_NAME, member):
+        raise P2PError("%r is not a pico.sh user name" % member)
     secret = secrets.token_hex(32)
 
     def add(kept):
         kept.setdefault("key", secrets.token_hex(32))
         kept.setdefault("members", [])
-        kept.setdefault("secrets", {})[name] = secret
+        kept.setdefault("secrets", {})[member] = secret
 
     kept = _change_keys(cluster, add)
     invitation = json.dumps({"cluster": cluster.name, "key": kept["key"],
@@ -3991,8 +3984,11 @@ def _invite(config, cluster, user, member=None, timeout=600.0, out=None):
             f.write(invitation)
         print("python -m p2p join %s %s" % (cluster, code), file=out, flush=True)
         log.info("waiting up to %.0fs for %s to run that line (give it to them "
-                 "yourself: the code is good for one join)", timeout, member or "a member")
-        again = "`python -m p2p invite %s%s`" % (cluster, " " + member if member else "")
+                 "yourself: the code is good for one join)", timeout, member)
+        if member not in kept["members"] + [cluster.owner]:
+            log.warning("%s is not on the host's --users yet: add them when you next "
+                        "start it", member)
+        again = "`python -m p2p invite %s %s`" % (cluster, member)
         try:
             _wormhole(config, ["send", "--hide-progress", "--code", code, "invitation"],
                       folder, timeout)
@@ -4002,12 +3998,12 @@ def _invite(config, cluster, user, member=None, timeout=600.0, out=None):
                 raise P2PError("the invitation's transfer ended with an error (%s): if "
                                "the join said `joined %s`, all is well; if not, run %s "
                                "again" % (exc, cluster, again)) from None
-            _change_keys(cluster, lambda kept: kept["secrets"].pop(name, None))
+            _change_keys(cluster, lambda kept: kept["secrets"].pop(member, None))
             raise P2PError("no one joined %s with that code (%s); it is void now: run "
                            "%s again for a new one" % (cluster, exc, again)) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    log.info("%s joined %s", member or "a member", cluster)
+    log.info("%s joined %s", member, cluster)
 
 
 def _join(config, cluster, code, user):
@@ -4334,8 +4330,8 @@ def _parser():
         "wormhole code), then wait until they did. Run it where you host the "
         "cluster; the host need not be running.")
     invite.add_argument("cluster", help="your shared cluster, you/name")
-    invite.add_argument("user", nargs="?", help="the member's pico.sh user name "
-                        "(default: whoever runs the line first)")
+    invite.add_argument("user", help="the member's pico.sh user name: only they can use "
+                        "what the code hands over")
     invite.add_argument("--timeout", type=_duration, default=600.0,
                         help="how long to wait for the join (default 10m)")
     join = commands.add_parser(
