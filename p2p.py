@@ -432,7 +432,11 @@ _USER_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"  # as pico.sh's, and short
 
 def _hello_of(msg):
     """The name of a hello: its sender and time, unique to it."""
-    return "%s %d" % (msg["id"], msg["t"])
+    return _hello_name(msg["id"], msg["t"])
+
+
+def _hello_name(peer_id, t):
+    return "%s %d" % (peer_id, t)
 
 
 def _owner_keys(cluster, members):
@@ -875,7 +879,7 @@ class _Member(_Peer):
 
     def _say_hello(self):
         self._hello_said, t = time.monotonic(), _now_t()
-        hello = "%s %d" % (self.id, t)
+        hello = _hello_name(self.id, t)
         # A welcome answers one of these: a slow host's answer to the hello
         # before still counts, a recorded one from longer ago does not.
         self._hellos = [h for h in self._hellos if int(h.split()[1]) > t - FRESH * 1e6 / 3]
@@ -941,17 +945,19 @@ class _Member(_Peer):
             _change_keys(self.cluster, lambda kept: kept.update(key=secret))
         log.info("%s has a new key (a member was taken off); got it from its host",
                  self.cluster)
-        self._on_welcome(msg)
+        self._welcomed(hello)
 
     def _on_welcome(self, msg):
         # With a secret of our own, only the host (the one other holder) can
         # prove a welcome; without one, any key holder could have said it.
         if msg.to != self.id:
             return
-        if self.own:
-            hello = self._answered(msg)
-            if hello is None:
-                return
+        hello = self._answered(msg) if self.own else None
+        if hello is not None or not self.own:
+            self._welcomed(hello)
+
+    def _welcomed(self, hello):
+        if hello is not None:
             # Used up, with the hellos before it: no welcome recorded now, nor
             # the key it hands over, counts when played again later.
             self._hellos = self._hellos[self._hellos.index(hello) + 1:]

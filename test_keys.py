@@ -21,16 +21,14 @@ import pytest
 
 import p2p
 from test_localstack import on_channel
-from test_p2p import (check_a_task_runs, host, p2p_command, script,
+from test_p2p import (check_a_task_runs, host, keys_file, p2p_command, script,
                       tasks_done, worker)
 from test_protocol import RawPeer
 
 
 def kept(stack, user, cluster):
     """What user's machine keeps for cluster, and the file's mode."""
-    owner, short = cluster.split("/")
-    path = os.path.join(stack.user_dir(user), "home", ".local", "share", "p2p", "clusters",
-                        owner, short + ".json")
+    path = keys_file(stack, user, cluster)
     with open(path) as f:
         return json.load(f), os.stat(path).st_mode & 0o777
 

@@ -40,12 +40,17 @@ def host(stack, cluster, members, invited=None):
     return hosting
 
 
+def keys_file(stack, user, cluster):
+    """Where user's machine keeps the keys of cluster."""
+    owner, short = cluster.split("/")
+    return os.path.join(stack.user_dir(user), "home", ".local", "share", "p2p", "clusters",
+                        owner, short + ".json")
+
+
 def board_keys(stack, user, cluster):
     """(the key that signs cluster's board lines, the salt of its payload keys),
     as user keeps them ((None, b"") when none)."""
-    owner, short = cluster.split("/")
-    path = os.path.join(stack.user_dir(user), "home", ".local", "share", "p2p", "clusters",
-                        owner, short + ".json")
+    path = keys_file(stack, user, cluster)
     if not os.path.exists(path):
         return None, b""
     with open(path) as f:
