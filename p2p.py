@@ -3774,17 +3774,8 @@ class _Host(_Peer):
         self._backoff = _Backoff()
         self._only = None  # the lock that makes us the cluster's one host here
         self._hinted = 0.0  # when we last answered a hello we could not check
-        self._held = (None, {})  # (the key file's mtime, the owner's kept keys)
-
-    def kept(self):
-        """The owner's keys as kept (invites add secrets while we run)."""
-        try:
-            stamp = os.stat(_keys_path(self.cluster)).st_mtime_ns
-        except OSError:
-            stamp = None
-        if stamp != self._held[0]:
-            self._held = stamp, _read_keys(self.cluster)
-        return self._held[1]
+        self._hello_at = 0.0  # when we last said hello
+        self._kept = {}  # the owner's keys as last read
 
     def open(self):
         # One host per cluster, told by a lock on the machine that keeps its
@@ -3815,15 +3806,21 @@ class _Host(_Peer):
         log.info("hosting %s for %s", self.cluster, ", ".join(self.members) or "nobody")
 
     def _say_hello(self):
+        self._hello_at = time.monotonic()
         self.say("hello", id=self.id, role="host", user=self.user, py=PY, proof="")
 
     def _secret_for(self, msg):
         """The member's own secret, when their hello proves it (None else)."""
         if self.config.secret or not msg["proof"]:
             return None
-        kept = self.kept()
-        return _member_secret(kept.get("secrets", {}), msg["user"], msg["proof"],
-                              _hello_of(msg))
+        for fresh in (False, True):  # an invite may have added it since we read
+            if fresh:
+                self._kept = _read_keys(self.cluster)
+            secret = _member_secret(self._kept.get("secrets", {}), msg["user"],
+                                    msg["proof"], _hello_of(msg))
+            if secret is not None or msg["user"] not in self.members + [self.user]:
+                return secret
+        return None
 
     def on_unsigned(self, msg):
         if (msg.kind != "hello" or msg["role"] == "host"
@@ -3922,6 +3919,11 @@ class _Host(_Peer):
         self.close()
 
     def _check(self):
+        if time.monotonic() - self._hello_at >= IDLE_EVERY:
+            # Again and again: a member whose key is old, and who missed the
+            # hello we said when we came (said while our session was joining,
+            # or while theirs was down), asks for the new one when it hears it.
+            self._say_hello()
         channels = _ls(self.config)
         listed, users = channels.get(self.cluster.channel, (None, []))
         if self.cluster.channel in channels and not listed:
