@@ -106,6 +106,10 @@ class TransferError(P2PError):
     """A wormhole transfer failed, stalled or brought the wrong payload."""
 
 
+class _Refused(TransferError):
+    """A payload came, but not as announced: the peer's doing, not the network's."""
+
+
 class TaskCrashed(P2PError):
     """The process running a task died (os._exit, a signal, a segfault)."""
 
@@ -154,6 +158,8 @@ MAX_LINE = 9 * 1024  # longer board lines are noise
 DEPTH = 3
 QUICK = 1.0  # seconds from assignment to result of a task that counts as quick
 _LOST_TASK = "the task did not arrive"  # a worker's decline after a failed transfer
+_REFUSED_TASK = "the task was refused"  # and after one that brought something else
+_WAYS = ("wormhole", "ssh")  # the transports of a large payload, the one we prefer first
 
 
 class Config:
@@ -170,8 +176,11 @@ class Config:
                              for clusters whose members you all trust
     allow     P2P_ALLOW      modules whose classes a result may hold besides
                              the safe defaults ("pandas,scipy")
-    timeout   P2P_TIMEOUT    seconds a wormhole transfer may take (60), plus
-                             one per 2 MB; then it is tried again, new code
+    timeout   P2P_TIMEOUT    seconds a transfer may take (60), plus one per
+                             2 MB; then it is tried again, new code
+    transport P2P_TRANSPORT  how large payloads travel: auto (wormhole where
+                             both peers reach its servers, else ssh), or
+                             wormhole or ssh always
     max_payload  P2P_MAX_PAYLOAD  the largest task or result taken, in bytes
                              (16 GiB)
     secret_file  P2P_SECRET_FILE  a file holding the cluster's secret, for
@@ -184,7 +193,7 @@ class Config:
 
     def __init__(self, host=None, ssh_args=None, wormhole=None, debug=None,
                  trust=None, secret=None, secret_file=None, timeout=None, allow=None,
-                 max_payload=None):
+                 max_payload=None, transport=None):
         env = os.environ
         self.host = host or env.get("P2P_HOST") or "pipe.pico.sh"
         if ssh_args is None:
@@ -199,6 +208,10 @@ class Config:
             allow = allow.split(",")
         self.allow = tuple(name.strip() for name in allow if name.strip())
         self.timeout = _number("P2P_TIMEOUT", timeout, 60.0, float)
+        self.transport = (transport or env.get("P2P_TRANSPORT") or "auto").strip().lower()
+        if self.transport not in ("auto",) + _WAYS:
+            raise P2PError("P2P_TRANSPORT must be auto, wormhole or ssh, not %r"
+                           % self.transport)
         self.max_payload = _number("P2P_MAX_PAYLOAD", max_payload, 16 << 30, int)
         if not 0 < self.max_payload < _BIGGEST:
             raise P2PError("P2P_MAX_PAYLOAD must be a size in bytes, at least 1 and under "
@@ -374,6 +387,11 @@ def _process_of(peer_id):
 def _machine_of(peer_id):
     """user@host, of a peer id."""
     return peer_id.rsplit(":", 1)[0]
+
+
+def _user_of(peer_id):
+    """The pico user of a peer id."""
+    return peer_id.split("@", 1)[0]
 
 
 # A shared cluster's key signs its board lines and salts its payload keys.
@@ -729,11 +747,12 @@ class _Peer:
 
     def say_payload(self, kind, payload, only=None, **fields):
         """Say a sealed payload: its pieces on the board (only these numbers,
-        if given), or, for a size, that it comes by wormhole."""
+        if given), or, for a size, that it comes via (a transport) instead."""
         if isinstance(payload, int):
             self.say(kind, size=payload, n=0, of=0, data="", **fields)
             return
         pieces = _pieces(payload)
+        fields["via"] = "board"
         for n, data in enumerate(pieces):
             if only is None or n in only:
                 self.say(kind, size=len(payload), n=n, of=len(pieces), data=data, **fields)
@@ -1010,10 +1029,10 @@ class _Member(_Peer):
 
 # -- wire messages ------------------------------------------------------------
 
-# A board line: b"p2p3 KIND TO {json}[ SIGNATURE]\n". Kind and addressee come
+# A board line: b"p2p4 KIND TO {json}[ SIGNATURE]\n". Kind and addressee come
 # first, so a peer skips lines for others without parsing them; TO is a peer
 # id, or * for everyone. With a cluster key, the signature covers the rest.
-_VERSION = 3
+_VERSION = 4
 _PREFIX = b"p2p%d " % _VERSION
 _NAMES = "names"  # a field type: a list of strings
 # Every line names its sender (id) and when by its clock it was said (t, in
@@ -1028,14 +1047,16 @@ _MESSAGES = {kind: dict(_HEAD, **fields) for kind, fields in {
     # their hello was not signed with it); proof, _proof(their secret, "welcome").
     "welcome": {"secret": str, "proof": str},  # members
     "denied": {"why": str},  # members: a hint, which anyone could have said
-    # A worker slot can take `free` more tasks, sealed for its key share dh.
-    "idle": {"py": str, "dh": str, "free": int},  # clients
-    # A task, sealed: `of` pieces of data on the board (0: it comes by wormhole).
-    "assign": {"task": str, "dh": str, "py": str, "size": int,
-               "n": int, "of": int, "data": str},  # workers; other clients
+    # A worker slot can take `free` more tasks, sealed for its key share dh;
+    # can: the transports its worker can use for large payloads (_WAYS).
+    "idle": {"py": str, "dh": str, "free": int, "can": _NAMES},  # clients
+    # A task, sealed: `of` pieces of data on the board, or none (of 0) and it
+    # comes `via` wormhole or ssh; can: those its client can use for the result.
+    "assign": {"task": str, "dh": str, "py": str, "size": int, "via": str,
+               "can": _NAMES, "n": int, "of": int, "data": str},  # workers; other clients
     # These five also carry a tag only the task's two peers can make (_tag).
     "decline": {"task": str, "why": str, "tag": str},  # clients
-    "result": {"task": str, "size": int, "free": int,
+    "result": {"task": str, "size": int, "free": int, "via": str,
                "n": int, "of": int, "data": str, "tag": str},  # clients
     "took": {"task": str, "tag": str},  # workers: the result arrived
     # The pieces of a payload that did not arrive ("0,3"), asked of its sender.
@@ -2145,20 +2166,20 @@ def _open_stream(key, source, size, sink):
     head = source.read(len(_SEAL_MAGIC) + _NONCE)
     left = size - len(head) - _TAG
     if not head.startswith(_SEAL_MAGIC) or len(head) < len(_SEAL_MAGIC) + _NONCE or left < 0:
-        raise TransferError("it is not a sealed payload")
+        raise _Refused("it is not a sealed payload")
     nonce = head[len(_SEAL_MAGIC):]
     tag = hmac.new(mac_key, head, "sha256")
     number = 0
     while left:
         block = source.read(min(_BLOCK, left))
         if not block:
-            raise TransferError("the sealed payload is cut short")
+            raise _Refused("the sealed payload is cut short")
         tag.update(block)
         sink.write(_xor(cipher_key, nonce, number, block))
         left -= len(block)
         number += 1
     if not hmac.compare_digest(source.read(_TAG), tag.digest()):
-        raise TransferError("its seal is broken: it was altered, or not sealed for us")
+        raise _Refused("its seal is broken: it was altered, or not sealed for us")
 
 
 def _seal(key, data):
@@ -2415,23 +2436,28 @@ def _kill(running):
         process.kill()
 
 
+def _transfer_time(config, size):
+    """Seconds a transfer of size bytes may take."""
+    return config.timeout + size / 2e6
+
+
 def _send_file(config, code, path, running=None):
     _wormhole(config, ["send", "--hide-progress", "--code", code,
                        os.path.basename(path)], os.path.dirname(path),
-              config.timeout + os.path.getsize(path) / 2e6, running=running)
+              _transfer_time(config, os.path.getsize(path)), running=running)
 
 
 def _receive_file(config, code, name, size, folder, running=None):
     """Receive the file ``name`` of ``size`` bytes into an empty folder; its path."""
     try:
         _wormhole(config, ["receive", "--hide-progress", code], folder,
-                  config.timeout + size / 2e6, answer=b"y\n", running=running,
+                  _transfer_time(config, size), answer=b"y\n", running=running,
                   max_file=size)
     except TransferError as exc:
         if "file too large" not in str(exc).lower():
             raise
-        raise TransferError("the peer sent more than the %d bytes announced for %s"
-                            % (size, name)) from None
+        raise _Refused("the peer sent more than the %d bytes announced for %s"
+                       % (size, name)) from None
     return _received(folder, name, size)
 
 
@@ -2440,9 +2466,380 @@ def _received(folder, name, size):
     path = os.path.join(folder, name)
     got = os.lstat(path) if os.listdir(folder) == [name] else None
     if got is None or not stat.S_ISREG(got.st_mode) or got.st_size != size:
-        raise TransferError("the peer sent %s, not the file %s of %d bytes that was "
-                            "announced" % (os.listdir(folder), name, size))
+        raise _Refused("the peer sent %s, not the file %s of %d bytes that was announced"
+                       % (os.listdir(folder), name, size))
     return path
+
+
+# -- transfer over ssh --------------------------------------------------------
+
+# Where wormhole cannot go (a network that lets only ssh out, its servers
+# down), a large payload goes through pico.sh itself: its sender runs
+# ``pub TOPIC -p -a RECEIVER`` and its receiver ``sub TOPIC -p -a SENDER``.
+# TOPIC comes from the payload's key, so only the two peers can know it. It
+# is public (-p) because pico.sh keeps a public topic's access list under
+# one name for everyone: whichever of the two connects first stores a list
+# naming the other, so the order they arrive in does not matter and neither
+# access-list bug applies (in the sender's namespace, a receiver that came
+# first would wait alone on a channel of its own). A stranger who learns
+# TOPIC (from ps) once one of them is on it is denied; one there first
+# would own it, and the two, shut out, fail and try again under a new task
+# id. pub waits for its reader, which drains into a file as fast as bytes
+# come: the channel has no one else to stall, and ssh's windows are its
+# flow control. The stream is MAGIC, the sealed size (8 bytes), the sealed
+# payload, END: a receiver takes exactly the size said on the board and
+# then the end mark, so a payload cut short, one too long and stray bytes
+# all fail, and the seal is checked as for any other transport.
+_SSH_MAGIC = b"p2pS"
+_SSH_END = b"p2pE"
+
+
+def _ssh_topic(key):
+    return "p2p-" + hmac.new(key, b"ssh topic", "sha256").hexdigest()[:32]
+
+
+def _pubsub(config, verb, key, peer, quiet=True, **popen):
+    """Start ``ssh HOST pub|sub TOPIC`` for a payload between us and peer (an
+    id); quiet: without pico.sh's status lines (-c)."""
+    user = _user_of(peer)
+    if not re.fullmatch(_USER_NAME, user):  # a word of pico.sh's command line
+        raise TransferError("the peer %r is not named by a pico.sh user" % peer[:80])
+    return _ssh(config, config.host, [verb, _ssh_topic(key), "-p", "-a", user] +
+                ["-c"] * quiet, **popen)
+
+
+@contextlib.contextmanager
+def _watched(process, timeout, running):
+    """Run with process in running (see _wormhole), killed when timeout
+    seconds pass (the Event it gives is set then) and at the end."""
+    expired = threading.Event()
+
+    def expire():
+        expired.set()
+        process.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    running.append(process)
+    try:
+        yield expired
+    finally:
+        timer.cancel()
+        process.kill()
+        process.wait()
+        running.remove(process)
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+def _send_over_ssh(config, key, path, peer, running, held=False):
+    """Seal the file at path under key as it goes to peer over ssh; True when
+    pico.sh took it all and ended the session (a reader came), though the
+    receiver's word is what counts. held: not a byte of it before a reader
+    is there (pico.sh's status line says so), so that none is left waiting
+    in pico.sh when we give up."""
+    size = os.path.getsize(path) + SEAL_OVERHEAD
+    # Sealed on the way: while ssh sets up its session, not before.
+    process = _pubsub(config, "pub", key, peer, quiet=not held, stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE if held else subprocess.DEVNULL)
+    with _watched(process, _transfer_time(config, size), running) as expired:
+        try:
+            while held and not process.stdout.readline().startswith(b"sending msg"):
+                if process.poll() is not None:
+                    raise OSError("the session ended before a reader came")
+            with open(path, "rb") as source:
+                process.stdin.write(_SSH_MAGIC + size.to_bytes(8, "big"))
+                _seal_stream(key, source, process.stdin)
+                process.stdin.write(_SSH_END)
+                process.stdin.close()  # pico.sh ends the session once it is out
+        except (OSError, ValueError):
+            pass  # killed, or the session ended
+        process.wait()
+        # Its status lines go to stdout: anything on stderr is ssh failing.
+        said = process.stderr.read(4096) if process.returncode >= 0 else b"killed"
+    return not said and not expired.is_set()
+
+
+def _copy(source, size, sink):
+    """Copy up to size bytes from a pipe to sink; how many came."""
+    got = 0
+    while got < size:
+        chunk = source.read1(min(size - got, 1 << 16))
+        if not chunk:
+            break
+        sink.write(chunk)
+        got += len(chunk)
+    return got
+
+
+def _receive_over_ssh(config, key, name, size, folder, peer, running):
+    timeout = _transfer_time(config, size)
+    process = _pubsub(config, "sub", key, peer)
+    head, errors = io.BytesIO(), ""
+    with _watched(process, timeout, running) as expired:
+        with open(os.path.join(folder, name), "wb") as sink:
+            _copy(process.stdout, len(_SSH_MAGIC) + 8, head)
+            head = head.getvalue()
+            said = int.from_bytes(head[len(_SSH_MAGIC):], "big")
+            if head.startswith(_SSH_MAGIC) and len(head) == len(_SSH_MAGIC) + 8 and said == size:
+                got = _copy(process.stdout, size, sink)
+                end = process.stdout.read(len(_SSH_END)) if got == size else b""
+            elif not head:  # it ended: say why, if ssh said
+                errors = process.stderr.read(4096).decode(errors="replace").strip()
+    if expired.is_set():
+        raise TransferError("the payload did not come over ssh within %.0fs" % timeout)
+    if len(head) < len(_SSH_MAGIC) + 8:
+        raise TransferError("the ssh transfer ended before the payload came%s" % (
+            "; ssh said: " + errors[-300:] if errors else ""))
+    if not head.startswith(_SSH_MAGIC):
+        raise _Refused("what came over ssh is not a p2p.py payload")
+    if said != size:
+        raise _Refused("the board announced %d bytes and the ssh stream %d" % (size, said))
+    if got < size:
+        raise _Refused("the payload over ssh was cut short: %d of %d bytes came"
+                       % (got, size))
+    if end != _SSH_END:
+        raise _Refused("the payload over ssh is longer than the %d bytes announced" % size)
+    return _received(folder, name, size)
+
+
+HAND_OVER_WAIT = 20.0  # seconds a receiver waits over ssh for what a code hands over
+
+
+def _code_key(code):
+    """The key that seals what is handed over with a one-time code over ssh."""
+    return hmac.new(code.encode(), b"p2p hand-over", "sha256").digest()
+
+
+def _first_of(ways, attempt):
+    """Run attempt(way, running) for each way at once, each in a thread that
+    puts its processes in running; the value of the first that succeeds (the
+    others are stopped then), or TransferError saying what each ran into."""
+    running, outcomes = [], queue.Queue()
+
+    def run(way):
+        try:
+            outcomes.put((attempt(way, running), None))
+        except (TransferError, OSError, P2PError) as exc:
+            outcomes.put((None, "%s: %s" % (way, exc)))
+
+    threads = [threading.Thread(target=run, args=(way,), daemon=True) for way in ways]
+    for thread in threads:
+        thread.start()
+    failures = []
+    try:
+        while len(failures) < len(ways):
+            value, error = outcomes.get()
+            if error is None:
+                return value
+            failures.append(error)
+    finally:
+        for thread in threads:  # those still on their way: stopped, and gone
+            _kill(running)
+            thread.join(5.0)
+    raise TransferError("; ".join(failures))
+
+
+def _hand_over(config, code, path, peer, timeout):
+    """Send the file at path once, to whoever takes it with code, by wormhole
+    and over ssh to the pico user peer at once (which of them their network
+    lets through we cannot know); return once one of them has delivered it,
+    or raise TransferError with what each said."""
+    patient = copy.copy(config)
+    patient.timeout = timeout
+    folder = tempfile.mkdtemp(prefix="p2p-hand-over-")
+
+    def send(way, running):
+        if way == "wormhole":
+            shutil.copy(path, os.path.join(folder, os.path.basename(path)))
+            _wormhole(patient, ["send", "--hide-progress", "--code", code,
+                                os.path.basename(path)], folder, timeout, running=running)
+        elif not _send_over_ssh(patient, _code_key(code), path, peer + "@", running,
+                                held=True):
+            raise TransferError("ssh pub did not finish within %.0fs, or failed" % timeout)
+
+    try:
+        _first_of(["ssh"] + ([] if _wormhole_blocked(config) else ["wormhole"]), send)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _take_over(config, code, name, size, folder, peer):
+    """Receive the file name of size bytes that peer (a pico user) hands over
+    with code (see _hand_over) into an empty folder, by whichever way comes
+    first; its path, or TransferError with what each way said."""
+    # Its sender offers it before the code is out: it is there by now, or never.
+    brief = copy.copy(config)
+    brief.timeout = min(config.timeout, HAND_OVER_WAIT)
+
+    def receive(way, running):
+        into = os.path.join(folder, way)
+        os.mkdir(into)
+        if way == "wormhole":
+            return _receive_file(config, code, name, size, into, running)
+        got = os.path.join(into, name + ".plain")
+        _open_file(_code_key(code), _receive_over_ssh(
+            brief, _code_key(code), name, size + SEAL_OVERHEAD, into, peer + "@", running),
+            got)
+        return got
+
+    return _first_of(["ssh"] + ([] if _wormhole_blocked(config) else ["wormhole"]),
+                     receive)
+
+
+def _send_payload(config, via, key, path, sealed, peer, running):
+    """Send the file at path, sealed under key, to peer (an id) over via
+    ("wormhole" or "ssh"; wormhole sends a sealed copy, made at the path
+    sealed, whose name the receiver expects); the receiver's word tells if
+    it arrived."""
+    if via == "ssh":
+        _send_over_ssh(config, key, path, peer, running)
+    else:
+        _seal_file(key, path, sealed)
+        _send_file(config, _wormhole_code(key), sealed, running)
+
+
+def _receive_payload(config, via, key, name, size, folder, peer, running):
+    """Receive the file name of size sealed bytes from peer over via into an
+    empty folder; its path, or TransferError."""
+    if via == "ssh":
+        return _receive_over_ssh(config, key, name, size, folder, peer, running)
+    return _receive_file(config, _wormhole_code(key), name, size, folder, running)
+
+
+# -- which transports work ----------------------------------------------------
+
+PROBE_WAIT = 3.0  # seconds a look at the wormhole servers waits for each
+PROBE_AGAIN = 300.0  # seconds after which a peer looks at them again
+_MAILBOX = "ws://relay.magic-wormhole.io:4000/v1"  # wormhole's default mailbox
+_TRANSIT = ("transit.magic-wormhole.io", 4001)  # wormhole-william's relay, fixed
+
+
+def _wormhole_servers():
+    """[(what, host, port)] of the servers wormhole needs, or P2PError."""
+    url = urllib.parse.urlsplit(os.environ.get("WORMHOLE_RELAY_URL") or _MAILBOX)
+    try:
+        port = url.port or (443 if url.scheme == "wss" else 80)
+    except ValueError:
+        port = None
+    if not url.hostname or port is None:
+        raise P2PError("WORMHOLE_RELAY_URL is not a mailbox URL like ws://HOST:PORT/v1: "
+                       "%r" % url.geturl())
+    return [("the mailbox", url.hostname, port), ("the transit relay",) + _TRANSIT]
+
+
+def _reach(host, port, wait):
+    """Connect to host:port, or P2PError saying how it failed."""
+    try:
+        socket.create_connection((host, port), wait).close()
+    except socket.timeout:
+        raise P2PError("%s:%d does not answer within %gs (a firewall that drops "
+                       "connections?)" % (host, port, wait)) from None
+    except OSError as exc:
+        raise P2PError("%s:%d cannot be reached (%s)" % (host, port, exc)) from None
+    return "%s:%d accepts connections" % (host, port)
+
+
+def _wormhole_blocked(config, wait=PROBE_WAIT):
+    """Why wormhole cannot work from here, or None: its tool is there and its
+    servers accept connections (looked at in parallel, wait seconds each)."""
+    if _wormhole_path(config) is None:
+        return "no wormhole tool is installed"
+    try:
+        servers = _wormhole_servers()
+    except P2PError as exc:
+        return str(exc)
+    said = [None] * len(servers)
+
+    def look(n, what, host, port):
+        try:
+            _reach(host, port, wait)
+        except P2PError as exc:
+            said[n] = "%s %s" % (what, exc)
+
+    looks = [threading.Thread(target=look, args=(n,) + server, daemon=True)
+             for n, server in enumerate(servers)]
+    for thread in looks:
+        thread.start()
+    for thread in looks:
+        thread.join(wait + 1.0)
+    return "; ".join(filter(None, said)) or None
+
+
+def _via(ours, theirs):
+    """How a large payload goes between two peers that can use ours and
+    theirs: the first of ours they can use too, else our first."""
+    return next((way for way in ours if way in theirs), ours[0])
+
+
+class _Transports:
+    """The ways this process can move large payloads, as it learns them.
+
+    ssh always works where the board does. Wormhole works while its tool is
+    there and its servers accept connections, looked at when the process
+    starts, after a wormhole transfer failed and every PROBE_AGAIN; and not
+    after FAILURES of its transfers in a row failed with its servers up (a
+    proxy that stalls it), until the next look. P2P_TRANSPORT forces one.
+    """
+
+    FAILURES = 2
+
+    def __init__(self, config):
+        self.config = config
+        self.forced = None if config.transport == "auto" else config.transport
+        self.why = None  # why wormhole is out, None while it is in
+        self._failures = 0
+        self._looked_at = 0.0
+        self._looked = threading.Event()
+        self._lock = threading.Lock()
+        self._looking = False
+        if self.forced:
+            self._looked.set()
+        else:
+            self.look()
+
+    def look(self):
+        """Look at the wormhole servers again, in a thread of its own."""
+        with self._lock:
+            if self._looking:
+                return
+            self._looking = True
+        threading.Thread(target=self._look, daemon=True, name="p2p-probe").start()
+
+    def _look(self):
+        why = _wormhole_blocked(self.config)
+        with self._lock:
+            self._looking, self._looked_at = False, time.monotonic()
+            if why is None and self._failures >= self.FAILURES:
+                why = "%d wormhole transfers in a row failed" % self._failures
+            self._failures = 0 if why else self._failures
+            if why != self.why:
+                log.info("wormhole: %s", "works" if why is None else "out (%s): large "
+                         "payloads go over ssh" % why)
+            self.why = why
+        self._looked.set()
+
+    def can(self):
+        """The transports we can use, the one we prefer first."""
+        if self.forced:
+            return [self.forced]
+        self._looked.wait(PROBE_WAIT + 2.0)  # only the first look is waited for
+        if time.monotonic() - self._looked_at > PROBE_AGAIN:
+            self.look()
+        return ["ssh"] if self.why else list(_WAYS)
+
+    def failed(self):
+        """A wormhole transfer failed: look again (and count it)."""
+        with self._lock:
+            self._failures += 1
+        self.look()
+
+    def worked(self):
+        with self._lock:
+            self._failures = 0
 
 
 def _release_file():
@@ -2511,20 +2908,26 @@ def _install_wormhole(base_url=None):
 
 
 def _ensure_wormhole(config):
-    """Make sure there is a wormhole tool; with none, offer to fetch one on a terminal."""
+    """Look for a wormhole tool; with none, offer to fetch one on a terminal.
+
+    Without one, large payloads go over ssh; P2PError only when one is
+    needed (P2P_TRANSPORT=wormhole), or P2P_WORMHOLE names one that is not
+    there, or the one found does not run.
+    """
     try:
         _wormhole_tool(config)
     except P2PError as exc:
-        terminal = all(stream is not None and stream.isatty()
-                       for stream in (sys.stdin, sys.stderr))
-        if _wormhole_path(config) is not None or not terminal:
-            raise  # a tool that does not run, or nobody to ask
-        sys.stderr.write("p2p: %s\np2p: download wormhole-william %s from GitHub into "
-                         "%s now? [y/N] " % (exc, WORMHOLE_RELEASE, _data_dir()))
-        sys.stderr.flush()
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        if _wormhole_path(config) is not None or config.wormhole:
+            raise  # a tool that does not run, or not the one asked for
+        if all(stream is not None and stream.isatty() for stream in (sys.stdin, sys.stderr)):
+            sys.stderr.write("p2p: %s\np2p: download wormhole-william %s from GitHub into "
+                             "%s now? [y/N] " % (exc, WORMHOLE_RELEASE, _data_dir()))
+            sys.stderr.flush()
+            if sys.stdin.readline().strip().lower() in ("y", "yes"):
+                _install_wormhole()
+                return
+        if config.transport == "wormhole":
             raise
-        _install_wormhole()
 
 
 # -- worker -------------------------------------------------------------------
@@ -2689,14 +3092,16 @@ class _Job:
         self.task_key = _payload_key(root, self.id, b"task")
         self.result_key = _payload_key(root, self.id, b"result")
         self.line_key = _payload_key(root, self.id, b"lines")
+        self.via, self.client_can = msg["via"], msg["can"]  # the task's, and for its result
         self.folder = folder
         self.task_path = os.path.join(folder, "task.pkl")
         self.outcome_path = os.path.join(folder, "outcome.pkl")
         self.ready = threading.Event()  # its task is on disk, or failed to come
         self.failed = False
         self.abandoned = False
-        self.transfers = []  # wormhole processes moving its payloads
+        self.transfers = []  # wormhole and ssh processes moving its payloads
         self.result = None  # once run: sealed bytes for the board, or a sealed file
+        self.result_via = "board"
         self.said = 0.0  # when its result was last said
         self.repeats = 0  # times it was said
         self.since = time.monotonic()
@@ -2712,6 +3117,7 @@ class _Worker(_Member):
         ids = ["%s#%d" % (self.id, n + 1) for n in range(slots)]
         self.slots = {slot_id: _Slot(slot_id) for slot_id in ids}
         self.share = _KeyShare()
+        self.transports = _Transports(config)
         self.jobs = {}  # task id -> _Job
         self.assembly = _Assembly()
         self.scratch = tempfile.mkdtemp(prefix="p2p-worker-")
@@ -2736,11 +3142,12 @@ class _Worker(_Member):
     def _announce(self, only=None):
         for slot in [only] if only else self.slots.values():
             if slot.free > 0:
-                self.say("idle", id=slot.id, py=PY, dh=self.share.public, free=slot.free)
+                self.say("idle", id=slot.id, py=PY, dh=self.share.public, free=slot.free,
+                         can=self.transports.can())
         self.announced = time.monotonic()
 
     def about(self):
-        return {"slots": len(self.slots), "done": self.done,
+        return {"slots": len(self.slots), "done": self.done, "can": self.transports.can(),
                 "busy": sum(bool(slot.jobs) for slot in self.slots.values())}
 
     # What the board says to us.
@@ -2769,6 +3176,8 @@ class _Worker(_Member):
                        "=%d)" % (msg["size"], self.config.max_payload))
             elif msg["py"] not in ("", PY):
                 why = "this worker runs Python %s" % PY
+            elif not msg["of"] and msg["via"] not in _WAYS:
+                why = "it comes via %r, which this worker does not know" % msg["via"][:20]
         if why is not None:
             self._decline(msg["id"], slot, task, why,
                           root and _payload_key(root, task, b"lines"))
@@ -2841,15 +3250,19 @@ class _Worker(_Member):
     # The life of a job.
 
     def _receive(self, job):
-        """Receive a task by wormhole (in a thread of its own)."""
+        """Receive a task by wormhole or ssh (in a thread of its own)."""
         try:
-            sealed = _receive_file(self.config, _wormhole_code(job.task_key), "task",
-                                   job.size, job.folder, job.transfers)
+            sealed = _receive_payload(self.config, job.via, job.task_key, "task", job.size,
+                                      job.folder, job.client, job.transfers)
             _open_file(job.task_key, sealed, job.task_path)
             os.remove(sealed)
         except (TransferError, OSError) as exc:
+            if job.via == "wormhole" and not job.abandoned and not isinstance(exc, _Refused):
+                self.transports.failed()
             self.post(self._lost, job, exc)
         else:
+            if job.via == "wormhole":
+                self.transports.worked()
             job.ready.set()
 
     def _lost(self, job, why):
@@ -2857,10 +3270,10 @@ class _Worker(_Member):
             return
         job.failed = True
         job.ready.set()
-        log.warning("task %s from %s: %s: %s", job.id, job.client, _LOST_TASK, why)
+        what = _REFUSED_TASK if isinstance(why, _Refused) else _LOST_TASK
+        log.warning("task %s from %s: %s: %s", job.id, job.client, what, why)
         # The receiver's word is final: the client tries again.
-        self._decline(job.client, job.slot, job.id, "%s: %s" % (_LOST_TASK, why),
-                      job.line_key)
+        self._decline(job.client, job.slot, job.id, "%s: %s" % (what, why), job.line_key)
         self._drop(job)
 
     def _serve(self, slot):
@@ -2888,12 +3301,12 @@ class _Worker(_Member):
             self.post(self._ran, job, result)
 
     def _sealed_outcome(self, job):
-        if os.path.getsize(job.outcome_path) + SEAL_OVERHEAD <= BOARD_MAX:
-            with open(job.outcome_path, "rb") as f:
-                return _seal(job.result_key, f.read())
-        sealed = os.path.join(job.folder, "result")
-        _seal_file(job.result_key, job.outcome_path, sealed)
-        return sealed
+        """Bytes to say on the board, sealed, or the path of a larger outcome
+        (sealed as it is sent)."""
+        if os.path.getsize(job.outcome_path) + SEAL_OVERHEAD > BOARD_MAX:
+            return job.outcome_path
+        with open(job.outcome_path, "rb") as f:
+            return _seal(job.result_key, f.read())
 
     def _ran(self, job, result):
         job.slot.running = None
@@ -2904,9 +3317,10 @@ class _Worker(_Member):
         self.done += 1
         log.info("task %s from %s: done in %.2fs", job.id, job.client,
                  time.monotonic() - job.since)
-        self._say_result(job)
         if not isinstance(result, bytes):
+            job.result_via = _via(self.transports.can(), job.client_can)
             threading.Thread(target=self._send_result, args=(job,), daemon=True).start()
+        self._say_result(job)
 
     def _decline(self, client, slot, task, why, line_key):
         self.say("decline", to=client, id=slot.id, task=task, why=why,
@@ -2917,15 +3331,16 @@ class _Worker(_Member):
         job.said = time.monotonic()
         job.repeats += 1
         fields = dict(to=job.client, id=job.slot.id, task=job.id, free=job.slot.free,
-                      tag=_tag(job.line_key, "result", job.slot.id, job.id))
+                      tag=_tag(job.line_key, "result", job.slot.id, job.id),
+                      via=job.result_via)
         sealed = job.result
         self.say_payload("result", sealed if isinstance(sealed, bytes) else
-                         os.path.getsize(sealed), only, **fields)
+                         os.path.getsize(sealed) + SEAL_OVERHEAD, only, **fields)
 
     def _send_result(self, job):
         try:
-            _send_file(self.config, _wormhole_code(job.result_key), job.result,
-                       job.transfers)
+            _send_payload(self.config, job.result_via, job.result_key, job.result,
+                          os.path.join(job.folder, "result"), job.client, job.transfers)
         except TransferError as exc:  # the client's receive tells the truth
             log.debug("sending the result of %s: %s", job.id, exc)
         self.post(self._forget, job)
@@ -3050,7 +3465,9 @@ class _Task:
         self.assigned_at = 0.0
         self.said_at = 0.0  # when its assignment was last said
         self.resent = 0  # times the assignment was said again
-        self.transfers = []  # its wormhole processes, to stop when it moves on
+        self.via = None  # how its payload goes to that slot: board, wormhole or ssh
+        self.avoid = set()  # transports that failed it: its next tries go another way
+        self.transfers = []  # its wormhole and ssh processes, to stop when it moves on
         self.failures = []  # why earlier tries failed
         self.failed_on = set()  # the machines of those tries
 
@@ -3064,8 +3481,8 @@ class _Task:
 class _SlotView:
     """A worker slot as a client knows it from the board."""
 
-    def __init__(self, py, dh, free):
-        self.py, self.dh, self.free = py, dh, free
+    def __init__(self, py, dh, free, can):
+        self.py, self.dh, self.free, self.can = py, dh, free, can
         self.quick = False  # our last task there came back within QUICK
 
 
@@ -3095,6 +3512,7 @@ class _Client(_Member):
             self.board, self.inbox, self._preconnected = board, board.inbox, True
         self.retries = retries
         self.share = _KeyShare()
+        self.transports = _Transports(config)
         self.scratch = tempfile.mkdtemp(prefix="p2p-client-")
         self.slots = {}  # worker slot id -> _SlotView
         self.queue = collections.deque()  # queued tasks
@@ -3122,7 +3540,8 @@ class _Client(_Member):
         self.post(self._dispatch)
 
     def about(self):
-        return {"queued": len(self.queue), "running": len(self.tasks)}
+        return {"queued": len(self.queue), "running": len(self.tasks),
+                "can": self.transports.can()}
 
     # What the board says to us.
 
@@ -3131,8 +3550,8 @@ class _Client(_Member):
         if known is not None and known.dh != msg["dh"]:
             return  # a worker's share is its for life: this is someone posing as it
         if known is None:
-            known = self.slots[msg["id"]] = _SlotView(msg["py"], msg["dh"], 0)
-        known.free = min(msg["free"], DEPTH)
+            known = self.slots[msg["id"]] = _SlotView(msg["py"], msg["dh"], 0, [])
+        known.free, known.can = min(msg["free"], DEPTH), msg["can"]
         if msg["free"] == DEPTH:  # the slot holds nothing
             self._resend_unheld(lambda slot: slot == msg["id"])
         self._dispatch()
@@ -3170,10 +3589,13 @@ class _Client(_Member):
                 "the result of task %s from %s is %d bytes, more than this client takes "
                 "(P2P_MAX_PAYLOAD=%d): raise it, or return less" % (
                     task.id, task.slot, msg["size"], self.config.max_payload)))
+        elif msg["via"] not in _WAYS:
+            self._retry(task, "its result was to come via %r, which we do not know"
+                        % msg["via"][:20])
         else:
             task.move("receiving")
-            threading.Thread(target=self._receive_result, args=(task, msg["size"]),
-                             daemon=True).start()
+            threading.Thread(target=self._receive_result,
+                             args=(task, msg["size"], msg["via"]), daemon=True).start()
         self._dispatch()
 
     def _say_took(self, task):
@@ -3195,7 +3617,11 @@ class _Client(_Member):
             return  # not an answer from the slot this task was assigned to
         if msg["why"] == "busy" and msg["id"] in self.slots:
             self.slots[msg["id"]].free = 0
-        failed = msg["why"].startswith((_LOST_TASK, "stopped:"))
+        # Only a transfer that failed may go another way; one that brought
+        # something else (_REFUSED_TASK) counts as failed, as does a stop.
+        lost = msg["why"].startswith(_LOST_TASK)
+        failed = (lost or msg["why"].startswith((_REFUSED_TASK, "stopped:"))) and not (
+            lost and self._switch(task, task.via, msg["why"]))
         self._retry(task, msg["why"], failed)
 
     def _on_again(self, msg):
@@ -3287,6 +3713,21 @@ class _Client(_Member):
             self._assign(task, slot, root)
             mine[slot] += 1
 
+    def _ours(self, task):
+        """The transports we can use for a task, the one we prefer first."""
+        can = self.transports.can()
+        return [way for way in can if way not in task.avoid] or can
+
+    def _switch(self, task, via, why):
+        """A transfer of the task over via failed (why): if it can go another
+        way instead, it will, and True (that try does not count as failed)."""
+        if via != "wormhole" or via in task.avoid or self.transports.forced:
+            return False
+        task.avoid.add(via)
+        self.transports.failed()
+        log.warning("task %s on worker %s: %s; trying it over ssh", task.id, task.slot, why)
+        return True
+
     def _assign(self, task, slot, root):
         task.move("assigned")
         task.id, task.slot = secrets.token_hex(8), slot
@@ -3297,9 +3738,11 @@ class _Client(_Member):
         self.tasks[task.id] = task
         self.slots[slot].free -= 1
         if task.size + SEAL_OVERHEAD <= BOARD_MAX:
+            task.via = "board"
             with open(task.path, "rb") as f:
                 task.sealed = _seal(task.keys[0], f.read())
         else:
+            task.via = _via(self._ours(task), self.slots[slot].can)
             task.sealed = None
             threading.Thread(target=self._send_task, args=(task, task.id),
                              daemon=True).start()
@@ -3308,7 +3751,8 @@ class _Client(_Member):
     def _say_assign(self, task, only=None):
         """Say the task's assignment on the board (only these pieces, if given)."""
         known = _process_of(task.slot) in self.known_to
-        fields = dict(to=task.slot, id=self.id, task=task.id, py=task.py,
+        fields = dict(to=task.slot, id=self.id, task=task.id, py=task.py, via=task.via,
+                      can=self._ours(task),
                       dh=self.share.fingerprint if known else self.share.public)
         self.say_payload("assign", task.size + SEAL_OVERHEAD if task.sealed is None
                          else task.sealed, only, **fields)
@@ -3356,14 +3800,12 @@ class _Client(_Member):
         self.outcomes.put((self._set, task.future, value, error))
 
     def _send_task(self, task, try_id):
-        """Seal the task into a file and send it by wormhole (in its own thread)."""
+        """Send the task, sealed (in its own thread)."""
         folder = tempfile.mkdtemp(dir=self.scratch)
         try:
-            sealed = os.path.join(folder, "task")
-            _seal_file(task.keys[0], task.path, sealed)
             if task.id == try_id and task.state == "assigned":
-                _send_file(self.config, _wormhole_code(task.keys[0]), sealed,
-                           task.transfers)
+                _send_payload(self.config, task.via, task.keys[0], task.path,
+                              os.path.join(folder, "task"), task.slot, task.transfers)
         except TransferError as exc:
             log.debug("sending task %s: %s (the worker's answer decides)", try_id, exc)
         except (OSError, P2PError) as exc:
@@ -3371,16 +3813,24 @@ class _Client(_Member):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _receive_result(self, task, size):
+    def _receive_result(self, task, size, via):
         folder = tempfile.mkdtemp(dir=self.scratch)
         try:
-            sealed = _receive_file(self.config, _wormhole_code(task.keys[1]), "result",
-                                   size, folder, task.transfers)
+            sealed = _receive_payload(self.config, via, task.keys[1], "result", size,
+                                      folder, task.slot, task.transfers)
         except TransferError as exc:
             shutil.rmtree(folder, ignore_errors=True)
-            self.post(self._retry, task, "the result did not arrive: %s" % exc)
+            self.post(self._result_lost, task, via, exc)
             return
+        if via == "wormhole":
+            self.transports.worked()
         self.outcomes.put((self._load_result, task, sealed))
+
+    def _result_lost(self, task, via, error):
+        if self.tasks.get(task.id) is task:
+            why = "the result did not arrive: %s" % error
+            self._retry(task, why, failed=isinstance(error, _Refused) or
+                        not self._switch(task, via, why))
 
     # On the results thread.
 
@@ -3998,8 +4448,7 @@ def _invite(config, cluster, user, member, timeout=600.0, out=None):
                         "start it", member)
         again = "`python -m p2p invite %s %s`" % (cluster, member)
         try:
-            _wormhole(config, ["send", "--hide-progress", "--code", code, "invitation"],
-                      folder, timeout)
+            _hand_over(config, code, os.path.join(folder, "invitation"), member, timeout)
         except TransferError as exc:
             if "did not finish" not in str(exc):
                 # It may fail as it ends, the invitation delivered: their word counts.
@@ -4019,7 +4468,8 @@ def _join(config, cluster, code, user):
     folder = tempfile.mkdtemp(prefix="p2p-join-")
     try:
         try:
-            path = _receive_file(config, code, "invitation", _INVITE_SIZE, folder)
+            path = _take_over(config, code, "invitation", _INVITE_SIZE, folder,
+                              cluster.owner)
             with open(path, "rb") as f:
                 invitation = json.loads(f.read())
         except (TransferError, ValueError) as exc:
@@ -4048,8 +4498,8 @@ _PROXIES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY
 _ABOUT = {
     "host": {"members": list, "until": (int, type(None)), "sessions": int,
              "intruders": list},
-    "worker": {"slots": int, "busy": int, "done": int},
-    "client": {"queued": int, "running": int},
+    "worker": {"slots": int, "busy": int, "done": int, "can": list},
+    "client": {"queued": int, "running": int, "can": list},
 }
 
 
@@ -4099,6 +4549,13 @@ def _workers_line(workers):
         len(workers), sum(w["slots"] for w in workers), sum(w["busy"] for w in workers))
 
 
+def _transports_text(can):
+    names = [str(way) for way in can if way in _WAYS]
+    if names == ["ssh"]:
+        return "large payloads over ssh (wormhole blocked)"
+    return "large payloads by " + (" or ".join(names) or "nothing")
+
+
 def _show_census(found, out):
     def when(stamp):
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
@@ -4115,13 +4572,14 @@ def _show_census(found, out):
         print("%s: its host did not answer" % found["cluster"], file=out)
     print(_workers_line(workers), file=out)
     for w in workers:
-        print("  %s  %d slot(s), %d busy, %d task(s) done, Python %s, since %s" % (
-            w["id"], w["slots"], w["busy"], w["done"], w["python"], when(w["since"])),
-            file=out)
+        print("  %s  %d slot(s), %d busy, %d task(s) done, Python %s, since %s, %s" % (
+            w["id"], w["slots"], w["busy"], w["done"], w["python"], when(w["since"]),
+            _transports_text(w["can"])), file=out)
     print("%d client(s)" % len(clients), file=out)
     for c in clients:
-        print("  %s  %d queued, %d running, since %s" % (
-            c["id"], c["queued"], c["running"], when(c["since"])), file=out)
+        print("  %s  %d queued, %d running, since %s, %s" % (
+            c["id"], c["queued"], c["running"], when(c["since"]),
+            _transports_text(c["can"])), file=out)
     # The host counts every session on the board (ours too): those that
     # did not answer are peers joining or rejoining, or of another version.
     silent = host["sessions"] - len(workers) - len(clients) - 1 if host else 0
@@ -4165,17 +4623,6 @@ def _echo(config, user):
     finally:
         process.kill()
         process.wait()
-
-
-def _reach(host, port):
-    """Connect to host:port, or raise P2PError saying what may block it."""
-    try:
-        socket.create_connection((host, port), DOCTOR_WAIT).close()
-    except OSError as exc:
-        raise P2PError("cannot connect to %s:%d (%s): a firewall that lets ssh out may "
-                       "block it; ask its admin to allow it, or use another network"
-                       % (host, port, exc)) from None
-    return "%s:%d accepts connections" % (host, port)
 
 
 def _self_transfer(config):
@@ -4222,21 +4669,54 @@ def _self_transfer(config):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _doctor(config, cluster=None, out=None):
-    """Check everything p2p.py needs, one line each; True when all is well."""
-    out = out or sys.stdout
-    failed = set()
+def _ssh_self_transfer(config, user):
+    """Seconds a small sealed file takes over ssh (pub, sub) to yourself."""
+    probe = copy.copy(config)
+    probe.timeout = DOCTOR_WAIT
+    folder = tempfile.mkdtemp(prefix="p2p-doctor-")
+    key, me, sending = secrets.token_bytes(32), _peer_id(user), []
+    try:
+        path = os.path.join(folder, "hello")
+        with open(path, "wb") as f:
+            f.write(b"hello from p2p doctor\n")
+        os.mkdir(os.path.join(folder, "in"))
+        started = time.monotonic()
+        sender = threading.Thread(target=_send_over_ssh, daemon=True,
+                                  args=(probe, key, path, me, sending))
+        sender.start()
+        try:
+            got = _receive_over_ssh(probe, key, "hello", os.path.getsize(path) +
+                                    SEAL_OVERHEAD, os.path.join(folder, "in"), me, [])
+        finally:
+            _kill(sending)
+            sender.join()
+        with open(got, "rb") as f:
+            _open(key, f.read())
+        return time.monotonic() - started
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
-    def check(name, run, needs=None):
+
+def _doctor(config, cluster=None, out=None):
+    """Check everything p2p.py needs, one line each; True when all is well.
+
+    What wormhole needs only warns (ssh carries large payloads without it);
+    the last line says which transports this machine has, and what that means.
+    """
+    out = out or sys.stdout
+    failed, verdicts = set(), {}
+
+    def check(name, run, needs=None, optional=False):
         if needs in failed:
             verdict, detail = "skip", "needs " + needs
         else:
             try:
                 verdict, detail = "ok", run()
             except P2PError as exc:
-                verdict, detail = "FAIL", str(exc)
+                verdict, detail = "warn" if optional else "FAIL", str(exc)
         detail = " ".join(detail.split("\n"))  # one line per check, always
         print("%-5s %s: %s" % (verdict, name, detail), file=out, flush=True)
+        verdicts[name] = verdict, detail
         if verdict != "ok":
             failed.add(name)
 
@@ -4248,17 +4728,30 @@ def _doctor(config, cluster=None, out=None):
         found = _wormhole_tool(config)
         return "%s %s (%s)" % (found.kind, found.version, found.path)
 
-    def mailbox():
-        url = urllib.parse.urlsplit(os.environ.get("WORMHOLE_RELAY_URL") or
-                                    "ws://relay.magic-wormhole.io:4000/v1")
-        try:
-            port = url.port or (443 if url.scheme == "wss" else 80)
-        except ValueError:
-            port = None
-        if not url.hostname or port is None:
-            raise P2PError("WORMHOLE_RELAY_URL is not a mailbox URL like "
-                           "ws://HOST:PORT/v1: %r" % url.geturl())
-        return _reach(url.hostname, port)
+    def server(n):
+        _, host, port = _wormhole_servers()[n]
+        return _reach(host, port, DOCTOR_WAIT)
+
+    def transports():
+        wormhole, ssh = (verdicts.get(name, ("skip",))[0] == "ok"
+                         for name in ("wormhole transfer", "ssh transfer"))
+        blocked = "; ".join(verdicts[name][1] for name in (
+            "wormhole tool", "mailbox", "transit relay", "wormhole transfer")
+            if verdicts.get(name, ("ok",))[0] != "ok")
+        if wormhole and ssh:
+            return ("wormhole and ssh: large payloads go by wormhole, and over ssh with "
+                    "peers whose network blocks it")
+        if ssh:
+            return ("ssh only: wormhole cannot work here (%s). Large payloads go over "
+                    "ssh through pico.sh instead, automatically, also with peers that "
+                    "have wormhole: nothing to do (python -m p2p install-wormhole if the "
+                    "tool is what is missing)" % blocked)
+        if wormhole:
+            raise P2PError("wormhole only: large payloads cannot go over ssh (%s), so "
+                           "peers whose network blocks wormhole cannot trade them with "
+                           "you" % verdicts["ssh transfer"][1])
+        raise P2PError("no way for payloads over %d KiB: wormhole cannot work here "
+                       "(%s) and neither can ssh" % (BOARD_MAX >> 10, blocked))
 
     def visit():
         workers = _census(config, cluster, whoami(config))["workers"]
@@ -4270,14 +4763,17 @@ def _doctor(config, cluster=None, out=None):
     check("pico.sh account", lambda: "you are %s on %s" % (
         whoami(config), config.account_host), needs="ssh")
     check("board", board, needs="pico.sh account")
-    check("wormhole tool", tool)
-    check("mailbox", mailbox)
-    check("transit relay", lambda: _reach("transit.magic-wormhole.io", 4001))
-    check("transfer", lambda: "a file went through a wormhole to you in %.1fs"
-          % _self_transfer(config), needs="wormhole tool")
+    check("wormhole tool", tool, optional=True)
+    check("mailbox", lambda: server(0), optional=True)
+    check("transit relay", lambda: server(1), optional=True)
+    check("wormhole transfer", lambda: "a file went through a wormhole to you in %.1fs"
+          % _self_transfer(config), needs="wormhole tool", optional=True)
+    check("ssh transfer", lambda: "a file went over ssh (pub, sub) to you in %.1fs"
+          % _ssh_self_transfer(config, whoami(config)), needs="board")
+    check("transports", transports)
     if cluster is not None:
         check("cluster %s" % cluster, visit, needs="board")
-    return not failed
+    return not any(verdict == "FAIL" for verdict, _ in verdicts.values())
 
 
 # -- command line -------------------------------------------------------------

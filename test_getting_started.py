@@ -62,10 +62,13 @@ def test_doctor_finds_nothing_wrong_for_bob_on_alices_cluster(stack, name):
     status, checks = doctor(stack, "bob", cluster)
     assert (status, failed(checks)) == (0, set()), checks
     assert list(checks) == ["ssh", "pico.sh account", "board", "wormhole tool", "mailbox",
-                            "transit relay", "transfer", "cluster " + cluster]
+                            "transit relay", "wormhole transfer", "ssh transfer",
+                            "transports", "cluster " + cluster]
     assert checks["pico.sh account"][1] == "you are bob on pico.sh"
     assert checks["wormhole tool"][1].startswith("wormhole-william %s (" % PINNED)
     assert checks["mailbox"][1] == "%s accepts connections" % stack.relay_url.split("/")[2]
+    assert checks["transports"][1].startswith("wormhole and ssh: large payloads go by "
+                                              "wormhole, and over ssh with peers")
     assert checks["cluster " + cluster][1].startswith(
         "reachable as bob; 1 worker process(es) with 2 slot(s), 0 busy")
 
@@ -77,7 +80,9 @@ def test_doctor_tells_a_newcomer_to_make_a_pico_account_first(stack):
     assert verdict == "FAIL" and "run `ssh pico.sh` and pick a user name" in detail
     assert checks["board"] == ("skip", "needs pico.sh account")
     assert checks["cluster alice/p2p"] == ("skip", "needs board")
-    assert checks["transfer"][0] == "ok"  # wormhole needs no account
+    assert checks["wormhole transfer"][0] == "ok"  # wormhole needs no account
+    assert checks["ssh transfer"] == ("skip", "needs board")
+    assert checks["transports"][0] == "FAIL"
 
 
 def test_doctor_tells_an_unknown_host_key_from_an_unknown_user_key(stack, tmp_path):
@@ -113,13 +118,24 @@ def test_doctor_tells_mallory_she_is_not_on_the_list(stack, name):
 def test_without_a_wormhole_tool_doctor_and_worker_say_how_to_get_one(stack, tmp_path):
     env = tools_only(stack, "carol", tmp_path / "bin")
     status, checks = doctor(stack, "carol", env=env)
-    assert (status, failed(checks)) == (1, {"wormhole tool", "transfer"})
+    assert (status, failed(checks)) == (0, {"wormhole tool", "wormhole transfer"})
+    assert checks["wormhole tool"][0] == "warn"
     assert "run `python -m p2p install-wormhole`" in checks["wormhole tool"][1]
-    assert checks["transfer"] == ("skip", "needs wormhole tool")
-    # A worker started without a terminal cannot ask: it says the same and stops.
-    working = stack.run("carol", [sys.executable, "-m", "p2p", "worker"], env=env)
+    assert checks["wormhole transfer"] == ("skip", "needs wormhole tool")
+    assert checks["ssh transfer"][0] == "ok"
+    assert checks["transports"][1].startswith("ssh only: wormhole cannot work here (no "
+                                              "wormhole tool was found")
+    # Told to use wormhole only, a worker started without a terminal cannot
+    # ask: it says the same and stops; else it carries large payloads over ssh.
+    working = stack.run("carol", [sys.executable, "-m", "p2p", "worker"],
+                        env=dict(env, P2P_TRANSPORT="wormhole"))
     assert working.returncode == 1
     assert "no wormhole tool was found" in working.stderr
+    carol = stack.process("carol", [sys.executable, "-m", "p2p", "worker"], env=env)
+    carol.expect("worker carol@", stream="stderr", timeout=30)
+    big = script(stack, "carol", "import p2p; print(p2p.submit(len, bytes(10 ** 5))"
+                 ".result(60))", env=env)
+    assert big.stdout == "100000\n", big.stderr
     misnamed = script(stack, "bob", """
         import p2p
         try:
@@ -144,9 +160,10 @@ def test_doctor_says_to_retry_without_the_proxy_that_stalls_wormhole(stack):
                                                           namespace.MAILBOX_NAME)})
     finally:
         black_hole.close()
-    assert (status, failed(checks)) == (1, {"transfer"})
+    assert (status, failed(checks)) == (0, {"wormhole transfer"})
     assert checks["mailbox"][1].startswith(namespace.MAILBOX_NAME)
-    assert checks["transfer"][1] == (
+    assert checks["transports"][1].startswith("ssh only: ")
+    assert checks["wormhole transfer"] == ("warn",
         "wormhole receive did not finish within 10s while http_proxy is set: wormhole's "
         "link to its mailbox often stalls behind an HTTP proxy. Retry without it: env -u "
         "http_proxy python -m p2p doctor (and start workers and scripts the same way)")
@@ -205,7 +222,7 @@ def test_magic_wormhole_and_wormhole_william_peers_work_together(stack, name, tm
     python_only = tools_only(stack, "carol", tmp_path / "python", "wormhole")
     status, checks = doctor(stack, "carol", env=python_only)
     assert checks["wormhole tool"][1].startswith("magic-wormhole 0.")
-    assert checks["transfer"][0] == "ok"
+    assert checks["wormhole transfer"][0] == "ok"
     on_python = p2p_command(stack, "carol", "worker", cluster, "-v", env=python_only)
     on_python.expect("worker carol@", stream="stderr", timeout=30)
     both = """
@@ -270,7 +287,7 @@ def test_install_wormhole_fetches_the_pinned_release_that_p2p_then_uses(
     assert os.listdir(target.parent) == ["wormhole-william"]  # no partial download
     status, checks = doctor(stack, "carol", env=env)
     assert checks["wormhole tool"] == ("ok", "wormhole-william %s (%s)" % (PINNED, target))
-    assert checks["transfer"][0] == "ok"
+    assert checks["wormhole transfer"][0] == "ok"
 
 
 @pytest.mark.parametrize("kind, said", [

@@ -306,7 +306,7 @@ def test_a_worker_never_takes_a_task_it_cannot_run(stack, name):
     old.expect('"role":"client"')
     key = board_key(stack, "bob", cluster)
     old.send(p2p._encode("idle", "*", key, id="bob@old:1#1", py="2.7",
-                         dh=p2p._KeyShare().public, free=3))
+                         dh=p2p._KeyShare().public, free=3, can=["wormhole"]))
     working = worker(stack, "carol", cluster)  # after the old one, on the board
     assert client.wait(timeout=60) == 0, client.errors
     assert client.output == b"7\n"
@@ -314,7 +314,8 @@ def test_a_worker_never_takes_a_task_it_cannot_run(stack, name):
     # And a worker declines what it cannot run, whoever asks.
     slot = re.search(r"worker (carol@\S+) ", working.errors.decode()).group(1) + "#1"
     old.send(p2p._encode("assign", slot, key, id="bob@old:2", task="t1",
-                         dh=p2p._KeyShare().public, py="2.7", size=100, n=0, of=0, data=""))
+                         dh=p2p._KeyShare().public, py="2.7", size=100, via="wormhole",
+                         can=["wormhole"], n=0, of=0, data=""))
     old.expect('"why":"this worker runs Python %s"' % p2p.PY)
 
 
@@ -334,7 +335,7 @@ def test_wormhole_codes_never_appear_on_the_board_and_open_nothing(stack, name):
     codes = re.findall(r"wormhole-william (?:receive|send) --hide-progress "
                        r"(?:--code )?(\d+-[0-9a-f]+)", working.errors.decode())
     assert len(codes) == 2  # the task's and the result's
-    assert b"p2p3 assign " in listener.output and b"p2p3 result " in listener.output
+    assert b"p2p4 assign " in listener.output and b"p2p4 result " in listener.output
     for code in codes:
         assert code.encode() not in listener.output
         assert code.split("-")[1].encode() not in listener.output
@@ -416,7 +417,7 @@ def test_a_stranger_listening_on_the_board_reads_nothing_and_work_goes_on(stack,
                    stream="stderr")
     secret = "the-argument-%s" % name
     check_a_task_runs(stack, "bob", cluster, "str.upper, %r" % secret, secret.upper())
-    assert b"p2p3 assign " in listener.output  # she heard the task go by, sealed
+    assert b"p2p4 assign " in listener.output  # she heard the task go by, sealed
     assert secret.encode() not in listener.output
     assert secret.upper().encode() not in listener.output
 
@@ -669,7 +670,7 @@ def test_a_worker_killed_mid_task_is_replaced(stack, name, gate):
 
         print(p2p.submit(home_when_told, %r).result(120))
     """ % gate.path)], env={"P2P_CLUSTER": cluster})
-    doomed.expect("board: p2p3 assign", stream="stderr")  # it has the task
+    doomed.expect("board: p2p4 assign", stream="stderr")  # it has the task
     killed = time.monotonic()
     os.killpg(doomed.process.pid, signal.SIGKILL)  # the worker and its runner
     worker(stack, "diana", cluster)
@@ -693,7 +694,7 @@ def test_when_retries_are_used_up_the_error_names_the_lost_workers(stack, name):
         except p2p.WorkerLost as exc:
             print("lost:", exc)
     """)], env={"P2P_CLUSTER": cluster, "P2P_RETRIES": "0"})
-    doomed.expect("board: p2p3 assign", stream="stderr")
+    doomed.expect("board: p2p4 assign", stream="stderr")
     os.killpg(doomed.process.pid, signal.SIGKILL)
     assert client.wait(timeout=90) == 0, client.errors
     said = client.output.decode()
@@ -703,9 +704,9 @@ def test_when_retries_are_used_up_the_error_names_the_lost_workers(stack, name):
                      r"did not answer its assignment)", said), said
 
 
-def seven_when_told(stack, user, cluster, gate=None, retries=2, ballast=0):
+def seven_when_told(stack, user, cluster, gate=None, retries=2, ballast=0, env=None):
     """user's script waits on a task that returns 7 once the gate (if any) is open;
-    ballast bytes more make it too large for the board."""
+    ballast bytes more make it too large for the board; env adds to its environment."""
     return stack.process(user, [sys.executable, "-c", textwrap.dedent("""
         import p2p
 
@@ -716,7 +717,8 @@ def seven_when_told(stack, user, cluster, gate=None, retries=2, ballast=0):
             return 7
 
         print(p2p.submit(seven_when_told, %r, bytes(%d)).result(120))
-    """ % (gate and gate.path, ballast))], env={"P2P_CLUSTER": cluster, "P2P_RETRIES": str(retries)})
+    """ % (gate and gate.path, ballast))], env=dict(
+        env or {}, P2P_CLUSTER=cluster, P2P_RETRIES=str(retries)))
 
 
 def seven_in_flight(stack, cluster, gate):
@@ -724,7 +726,7 @@ def seven_in_flight(stack, cluster, gate):
     hosting = host(stack, cluster, "bob,carol,diana")
     working = doomed_worker(stack, "carol", cluster)
     client = seven_when_told(stack, "bob", cluster, gate)
-    working.expect("board: p2p3 assign", stream="stderr")
+    working.expect("board: p2p4 assign", stream="stderr")
     return hosting, working, client
 
 
@@ -778,7 +780,7 @@ def long_task_in_flight(stack, cluster):
         faulthandler.dump_traceback_later(25)
         p2p.submit(time.sleep, 600).result()
     """)], env={"P2P_CLUSTER": cluster})
-    working.expect("board: p2p3 assign", stream="stderr")
+    working.expect("board: p2p4 assign", stream="stderr")
     return working, client
 
 
@@ -790,7 +792,7 @@ def test_a_vanished_clients_task_is_stopped_and_its_worker_freed(stack, name):
     check_a_task_runs(stack, "diana", cluster)
 
 
-def test_a_stalled_transfer_is_tried_again_with_a_new_code_then_reported(stack, name):
+def test_a_stalled_wormhole_transfer_is_tried_again_over_ssh(stack, name):
     import socket
 
     cluster = "alice/" + name
@@ -802,23 +804,30 @@ def test_a_stalled_transfer_is_tried_again_with_a_new_code_then_reported(stack, 
             "WORMHOLE_RELAY_URL": "ws://127.0.0.1:%d/v1" % black_hole.getsockname()[1],
             "P2P_TIMEOUT": "3"})
         stalled.expect("worker carol@", stream="stderr", timeout=30)
-        reported = script(stack, "bob", """
+        sizes = """
             import p2p
             try:
-                p2p.submit(len, bytes(10 ** 5)).result(60)  # too large for the board
+                print(p2p.submit(len, bytes(10 ** 5)).result(60))  # too large for the board
             except p2p.TransferError as exc:
                 print(exc)
-        """, env={"P2P_CLUSTER": cluster, "P2P_RETRIES": "0"})
+        """
+        env = {"P2P_CLUSTER": cluster, "P2P_RETRIES": "0"}
+        switched = script(stack, "bob", sizes, env=env)
+        assert switched.stdout == "100000\n", switched.stderr
+        assert re.search(r"carol@\S+: the task did not arrive: wormhole receive did not "
+                         r"finish within 3s; trying it over ssh", switched.stderr)
+        # Told to use wormhole only, the client does not switch: the task fails.
+        forced = script(stack, "bob", sizes, env=dict(env, P2P_TRANSPORT="wormhole"))
         assert re.match(r"task \w+ failed 1 time\(s\): carol@\S+: the task did not arrive: "
-                        r"wormhole receive did not finish within 3s", reported.stdout), \
-            reported.stdout + reported.stderr
-        client = seven_when_told(stack, "bob", cluster, retries=5, ballast=10 ** 5)
-        stalled.wait_for(lambda said: said.count(b"did not finish within 3s") >= 2, 30,
-                         stream="stderr", what="the second stall")
-        worker(stack, "diana", cluster)
-        assert client.wait(timeout=60) == 0, client.errors
-        assert client.output == b"7\n"
-        assert b"did not finish within 3s; trying again" in client.errors
+                        r"wormhole receive did not finish within 3s", forced.stdout), \
+            forced.stdout + forced.stderr
+        # Two stalls in a row with its servers up: carol's worker offers ssh only now.
+        stalled.expect("wormhole: out (2 wormhole transfers in a row failed): large "
+                       "payloads go over ssh", stream="stderr")
+        direct = script(stack, "bob", sizes, env=env)
+        assert direct.stdout == "100000\n", direct.stderr
+        assert "trying it over ssh" not in direct.stderr
+        assert stalled.errors.count(b"did not finish within 3s") == 2
 
 
 SQUATTER = """#!%(python)s
@@ -852,7 +861,8 @@ def test_a_nameplate_someone_else_holds_is_tried_again_with_a_new_code(stack, na
     squatting = p2p_command(stack, "carol", "worker", cluster, env={
         "P2P_WORMHOLE": str(wrapper), "P2P_TIMEOUT": "5"})
     squatting.expect("worker carol@", stream="stderr", timeout=30)
-    client = seven_when_told(stack, "bob", cluster, ballast=10 ** 5)  # by wormhole
+    client = seven_when_told(stack, "bob", cluster, ballast=10 ** 5,  # by wormhole only
+                             env={"P2P_TRANSPORT": "wormhole"})
     assert client.wait(timeout=60) == 0, client.errors
     assert client.output == b"7\n"
     assert squatted.exists()
@@ -903,7 +913,7 @@ def test_shutdown_with_cancel_futures_stops_running_tasks(stack, name):
         ex.shutdown(cancel_futures=True)
         print(repr(f.exception(timeout=5)))
     """)], env={"P2P_CLUSTER": cluster})
-    working.expect("board: p2p3 assign", stream="stderr")
+    working.expect("board: p2p4 assign", stream="stderr")
     client.send("go\n")
     assert client.wait(timeout=30) == 0, client.errors
     assert client.output.startswith(b"CancelledError('task ")

@@ -23,6 +23,8 @@ from test_localstack import on_channel
 from test_p2p import (Exploit, board_keys, doomed_worker, host, p2p_command, script,
                       tasks_done, worker)
 
+WAYS = list(p2p._WAYS)  # what a peer can use for large payloads: everything
+
 
 # -- units ----------------------------------------------------------------------------------
 
@@ -72,17 +74,17 @@ def test_board_lines_that_do_not_parse_are_noise():
     message = p2p._decode(good.rstrip(b"\n"))
     assert (message.kind, message.to, message["id"]) == ("bye", "*", "bob@h:1")
     assert message["t"] > 0
-    deep = b"p2p3 bye * " + b'{"id":' * 100000 + b"1" + b"}" * 100000
-    for line in [b"", b"garbage", good[:10], b"p2p3 {", b"p2p3 bye * []", deep,
-                 b'p2p3 bye * {"k":"bye"}', b'p2p3 bye * {"id":3}',
-                 b'p2p3 nope * {"id":"x"}', b"p2p3 bye * " + b"x" * 10000,
-                 b'p2p3 idle * {"id":"x","py":"3","dh":"A","free":-1}',
-                 b'p2p3 idle * {"id":"x","py":"3","dh":"A","free":true}',
-                 b'p2p3 idle * {"id":"x","py":"3","dh":"A","free":1e400}',
-                 b'p2p3 idle * {"id":"x","py":"3","dh":"A","free":%s}' % (b"9" * 5000),
-                 b'p2p3 alive * {"id":"x","held":[1,2]}',
-                 b'p2p3 welcome * {"id":"x","intruders":"mallory"}',
-                 b'p2p3 bye * {"id":"x"}', b'p2p3 bye * {"id":"x","t":-1}']:
+    deep = b"p2p4 bye * " + b'{"id":' * 100000 + b"1" + b"}" * 100000
+    for line in [b"", b"garbage", good[:10], b"p2p4 {", b"p2p4 bye * []", deep,
+                 b'p2p4 bye * {"k":"bye"}', b'p2p4 bye * {"id":3}',
+                 b'p2p4 nope * {"id":"x"}', b"p2p4 bye * " + b"x" * 10000,
+                 b'p2p4 idle * {"id":"x","py":"3","dh":"A","free":-1}',
+                 b'p2p4 idle * {"id":"x","py":"3","dh":"A","free":true}',
+                 b'p2p4 idle * {"id":"x","py":"3","dh":"A","free":1e400}',
+                 b'p2p4 idle * {"id":"x","py":"3","dh":"A","free":%s}' % (b"9" * 5000),
+                 b'p2p4 alive * {"id":"x","held":[1,2]}',
+                 b'p2p4 welcome * {"id":"x","intruders":"mallory"}',
+                 b'p2p4 bye * {"id":"x"}', b'p2p4 bye * {"id":"x","t":-1}']:
         assert p2p._decode(line) is None, line[:80]
     old = p2p._decode(b'p2p1 {"k":"idle","id":"carol@h:1#1","py":"3.11"}')
     assert isinstance(old, p2p._OtherVersion) and old.version == "1"
@@ -267,7 +269,8 @@ class RawPeer:
     def say_payload(self, kind, to, sealed, **fields):
         pieces = p2p._pieces(sealed)
         for n, data in enumerate(pieces):
-            self.send(kind, to, size=len(sealed), n=n, of=len(pieces), data=data, **fields)
+            self.send(kind, to, size=len(sealed), n=n, of=len(pieces), data=data, via="board",
+                      **fields)
 
     def receive(self, code, folder):
         """Take a wormhole transfer into folder; what arrived."""
@@ -311,7 +314,7 @@ def test_payloads_from_a_worker_gone_bad_are_refused(stack, name, tmp_path):
              (b"x" * 50000, True, True, 100)]
     bad.wait_for("hello", role="client", user="bob")
     for n, (payload, right, by_wormhole, size) in enumerate(cases):
-        bad.send("idle", id=bad.id, py=p2p.PY, dh=bad.share.public, free=1)
+        bad.send("idle", id=bad.id, py=p2p.PY, dh=bad.share.public, free=1, can=WAYS)
         assign = bad.wait_for("assign", to=bad.id, n=0)
         task = p2p._open(bad.key(assign, b"task"), bad.payload(assign))
         assert p2p._load(p2p.io.BytesIO(task), trust=True) == (abs, (-n,), {})
@@ -325,7 +328,7 @@ def test_payloads_from_a_worker_gone_bad_are_refused(stack, name, tmp_path):
             path.write_bytes(sealed)
             sending = bad.offer(p2p._wormhole_code(bad.key(assign, b"result")), path)
             bad.send("result", assign["id"], size=size or len(sealed), n=0, of=0, data="",
-                     **fields)
+                     via="wormhole", **fields)
             sending.wait(60)
         else:
             bad.say_payload("result", assign["id"], sealed, **fields)
@@ -364,13 +367,14 @@ def test_payloads_from_a_client_gone_bad_are_refused(stack, name, tmp_path):
         task = "%016x" % n
         key = p2p._payload_key(root, task, b"task")
         sealed = p2p._seal(key if right else wrong_key, payload)
-        fields = dict(id=bad.id, task=task, dh=bad.share.public, py="")
+        fields = dict(id=bad.id, task=task, dh=bad.share.public, py="", can=WAYS)
         if by_wormhole:
             path = tmp_path / ("out%d" % n) / "task"
             path.parent.mkdir()
             path.write_bytes(sealed)
             sending = bad.offer(p2p._wormhole_code(key), path)
-            bad.send("assign", slot, size=size or len(sealed), n=0, of=0, data="", **fields)
+            bad.send("assign", slot, size=size or len(sealed), n=0, of=0, data="", via="wormhole",
+                     **fields)
             sending.wait(60)
         else:
             bad.say_payload("assign", slot, sealed, **fields)
@@ -414,13 +418,13 @@ def hostile_line(rng, heard, victims):
     kind = rng.choice(list(p2p._MESSAGES)).encode()
     makers = [
         lambda: bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4096))),
-        lambda: rng.choice(heard or [b"p2p3 "])[:rng.randrange(1, 200)],
-        lambda: b"p2p3 " + kind + b" * " + b"[" * rng.randrange(1000, 3000),
-        lambda: b"p2p3 " + kind + b" * " + b'{"id":' * 2000 + b"1" + b"}" * 2000,
-        lambda: b"p2p3 " + kind + b" " + anyone().encode() + b" " + forged(kind.decode()),
-        lambda: b'p2p3 idle * {"id":"m#1","py":"%s","dh":"AQ==","free":%s}' % (
+        lambda: rng.choice(heard or [b"p2p4 "])[:rng.randrange(1, 200)],
+        lambda: b"p2p4 " + kind + b" * " + b"[" * rng.randrange(1000, 3000),
+        lambda: b"p2p4 " + kind + b" * " + b'{"id":' * 2000 + b"1" + b"}" * 2000,
+        lambda: b"p2p4 " + kind + b" " + anyone().encode() + b" " + forged(kind.decode()),
+        lambda: b'p2p4 idle * {"id":"m#1","py":"%s","dh":"AQ==","free":%s}' % (
             p2p.PY.encode(), str(10 ** rng.randrange(1, 40)).encode()),
-        lambda: b"p2p3 " + b"x" * rng.randrange(4000, 12000),
+        lambda: b"p2p4 " + b"x" * rng.randrange(4000, 12000),
         lambda: b'p2p9 idle * {"id":"carol"}',
         lambda: rng.choice(heard) if heard else b"",  # a replay
     ]
@@ -489,11 +493,11 @@ def test_a_peer_of_another_protocol_is_told_once_to_upgrade(stack, name):
     old = stack.session("bob", "pipe", cluster + "/board")
     on_channel(stack, "alice", cluster + "/board", "alice", "alice", "bob", "carol")
     old.send(b'p2p1 {"k":"hello","id":"bob@old:1","role":"client","user":"bob","py":"3.11"}\n'
-             * 3 + b'p2p2 hello * {"id":"bob@old:2"}\n' + b'p2p4 hello * {"id":"bob@new:1"}\n')
-    working.expect("speaks protocol 4, we speak 3", stream="stderr")
+             * 3 + b'p2p3 hello * {"id":"bob@old:2"}\n' + b'p2p5 hello * {"id":"bob@new:1"}\n')
+    working.expect("speaks protocol 5, we speak 4", stream="stderr")
     said = working.errors.decode()
-    assert said.count("speaks protocol 1, we speak 3") == 1
-    assert said.count("speaks protocol 2, we speak 3") == 1
+    assert said.count("speaks protocol 1, we speak 4") == 1
+    assert said.count("speaks protocol 3, we speak 4") == 1
     assert "upgrade theirs" in said and "upgrade ours" in said
 
 
@@ -517,9 +521,9 @@ def test_a_member_cannot_end_or_answer_someone_elses_task(stack, name, gate):
     bad.send("took", assign.to, id=assign["id"], **fields)
     bad.send("decline", assign["id"], id=assign.to, why="stopped: the client left", **fields)
     bad.send("result", assign["id"], id=assign.to, size=2 ** 40, free=3, n=0, of=0, data="",
-             **fields)
+             via="wormhole", **fields)
     bad.send("alive", id=bad.id, held=[])  # a line after hers: they were all heard
-    working.expect("board: p2p3 alive * {\"id\":\"bob@bad:1\"", stream="stderr")
+    working.expect("board: p2p4 alive * {\"id\":\"bob@bad:1\"", stream="stderr")
     gate.open()
     assert client.wait(timeout=60) == 0, client.errors
     assert client.output == b"b'!'\n"

@@ -40,7 +40,7 @@ import pytest
 import p2p
 import test_p2p
 from test_p2p import Exploit, worker
-from test_protocol import RawPeer
+from test_protocol import WAYS, RawPeer
 
 PROTO = b"\x80\x05"
 
@@ -571,7 +571,7 @@ def test_a_worker_gone_bad_sends_back_hostile_outcomes(stack, tmp_path):
     ]
     bad.wait_for("hello", role="client", user="bob")
     for n, payload in enumerate(hostile):
-        bad.send("idle", id=bad.id, py=p2p.PY, dh=bad.share.public, free=1)
+        bad.send("idle", id=bad.id, py=p2p.PY, dh=bad.share.public, free=1, can=WAYS)
         assign = bad.wait_for("assign", to=bad.id, n=0)
         def key(what):  # (RawPeer.key, which its board key's attribute hides)
             return p2p._payload_key(bad.share.root(assign["dh"]), assign["task"], what)

@@ -1,7 +1,7 @@
 """Benchmark p2p.py on the local stack, on loopback and on the internet profile.
 
     python3 -m localstack run bench/run.py [--quick] [--profile loopback|internet|both]
-                                           [--write bench/RESULTS.md]
+                                           [--write bench/RESULTS.md] [--only CASES]
 
 Every case runs on each profile chosen (both by default), each on a Stack
 of its own (one after the other: only one stack at a time can have the
@@ -16,7 +16,15 @@ next to them the floor measured in the same run on the same profile:
   and answered, back at alice's (median of 20);
 * the ssh connection: the wall time of ``ssh pico.sh user`` (median);
 * raw wormhole-william transfers of the case's size (both CLIs started,
-  as p2p.py starts them).
+  as p2p.py starts them);
+* raw pipes through the board: a writer's ``ssh pipe.pico.sh pipe T``
+  started with 10 MB on its stdin, to a reader on T connected before,
+  until the reader has it all (the floor of the ssh transport).
+
+The "wormhole blocked" cases run bob's processes on a network that refuses
+the wormhole servers (or, for one, drops them so that connects hang),
+as localstack's Stack.wormhole_blocked makes it: their large payloads go
+over ssh.
 
 A case's target says what it should reach on that profile, and "met" says
 whether it did. Absolute times on a shared machine drift; the ratios less so.
@@ -185,6 +193,37 @@ def raw_transfer(stack, size, folder):
         raise RuntimeError("a raw transfer lost bytes")
     os.remove(os.path.join(received, "payload"))
     return elapsed
+
+
+def raw_pipe(stack, size, folder):
+    """Seconds from a writer's ``pipe T`` with size bytes to a reader on T having them."""
+    topic = "bench-raw-" + secrets.token_hex(4)
+    path = os.path.join(folder, "raw")
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+    reader = stack.spawn(USER, ["ssh", "pipe.pico.sh", "pipe", topic],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: clients_on(stack, USER, "%s/%s" % (USER, topic)) == [USER], 30,
+                   "the reader on %s" % topic)
+        with open(path, "rb") as source:
+            started = time.monotonic()
+            writer = stack.spawn(USER, ["ssh", "pipe.pico.sh", "pipe", topic],
+                                 stdin=source, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+            got = 0
+            while got < size:
+                chunk = reader.stdout.read1(1 << 16)
+                if not chunk:
+                    raise RuntimeError("a raw pipe lost bytes: %d of %d came" % (got, size))
+                got += len(chunk)
+            elapsed = time.monotonic() - started
+        writer.wait(60)
+        return elapsed
+    finally:
+        reader.kill()
+        reader.wait()
 
 
 # -- the client scripts of the cases -------------------------------------------
@@ -403,11 +442,13 @@ class ProfileRun:
     the internet's are stated in floors of the same run where they can be.
     """
 
-    def __init__(self, stack, quick):
+    def __init__(self, stack, quick, only=None):
         self.stack = stack
         self.profile = stack.profile
         self.internet = stack.profile == INTERNET
         self.quick = quick
+        self.cases = [case for case in CASES if only is None or case.__name__ in only
+                      or case is ProfileRun.floor_measurements]
         self.floors = {}  # name -> median seconds
         self.rows = []
 
@@ -440,7 +481,7 @@ class ProfileRun:
                          % (case, text.replace("|", "/")))
 
     def run(self):
-        for case in CASES:
+        for case in self.cases:
             name = case.__name__.replace("_", " ")
             print("%s: %s ..." % (self.profile.name, name), end=" ", flush=True)
             started = time.monotonic()
@@ -471,6 +512,13 @@ class ProfileRun:
                                self.budget(budget))
                 self.floors[name] = statistics.median(times)
                 self.add("floor: one raw %s transfer" % name, times, "s")
+
+    def ssh_floor(self):
+        with tempfile.TemporaryDirectory() as folder:
+            times = repeat(lambda: raw_pipe(self.stack, 10 * MB, folder), self.runs(5, 3),
+                           self.budget(20))
+        self.floors["pipe 10 MB"] = statistics.median(times)
+        self.add("floor: one raw 10 MB pipe through the board", times, "s")
 
     def two(self, size):
         """The floor of a payload there and back: two raw transfers of its size."""
@@ -556,6 +604,37 @@ class ProfileRun:
                      statistics.median(times) <= 1.3 * floor[1])
         else:
             self.add(case, times, "s", floor)
+
+    def ten_megabytes_over_ssh(self):
+        with self.stack.wormhole_blocked(**{USER: "refused"}):
+            workers = start_workers(self.stack, 1)
+            try:
+                bulk = repeat(lambda: measure(self.stack, BULK, size=10 * MB),
+                              self.runs(5, 3), self.budget(20))
+            finally:
+                stop(workers)
+        times = [b[0] for b in bulk]
+        floor = ("two raw 10 MB pipes", 2 * self.floors["pipe 10 MB"])
+        self.add("wormhole blocked: 10 MB bytes there and back over ssh, 1 worker", times,
+                 "s", floor, "<= 1.5x two raw 10 MB pipes",
+                 statistics.median(times) <= 1.5 * floor[1])
+        self.add("wormhole blocked: peak client memory / payload",
+                 [b[1] / (10 * MB) for b in bulk], "x", None, "<= 3x",
+                 max(b[1] for b in bulk) <= 3 * 10 * MB)
+
+    def hanging_wormhole(self):
+        """The client's connects to the wormhole servers hang; its worker's do not."""
+        workers = start_workers(self.stack, 1)
+        try:
+            with self.stack.wormhole_blocked(**{USER: "dropped"}):
+                times = repeat(lambda: timed(lambda: measure(self.stack, BULK, size=10 * MB)),
+                               self.runs(3, 2), self.budget(30))
+        finally:
+            stop(workers)
+        timeout = p2p.Config().timeout
+        self.add("wormhole connects hang: a script's first 10 MB there and back, from its "
+                 "start", times, "s", None, "<= the transfer timeout (%g s)" % timeout,
+                 max(times) <= timeout)
 
     def hundred_megabytes(self):
         workers = start_workers(self.stack, 1)
@@ -645,11 +724,14 @@ class ProfileRun:
 
 CASES = [
     ProfileRun.floor_measurements,
+    ProfileRun.ssh_floor,
     ProfileRun.small_task_latency,
     ProfileRun.first_result,
     ProfileRun.separate_submits,
     ProfileRun.throughput,
     ProfileRun.ten_megabytes,
+    ProfileRun.ten_megabytes_over_ssh,
+    ProfileRun.hanging_wormhole,
     ProfileRun.hundred_megabytes,
     ProfileRun.scaling,
     ProfileRun.scale,
@@ -667,6 +749,9 @@ def main():
     parser.add_argument("--profile", choices=("loopback", "internet", "both"),
                         default="both", help="the profiles to run on (default: both)")
     parser.add_argument("--write", metavar="FILE", help="also write the tables to FILE")
+    parser.add_argument("--only", metavar="CASES", help="run only these cases (comma-"
+                        "separated method names, e.g. ssh_floor,ten_megabytes_over_ssh), "
+                        "after the floors")
     args = parser.parse_args()
     # Scripts start as a user's second run of one does: with p2p.py's
     # bytecode cached (this machine sets PYTHONDONTWRITEBYTECODE, which
@@ -680,7 +765,7 @@ def main():
         for profile in profiles:
             # One stack after the other: each wants the transit relay's port.
             with Stack(os.path.join(workdir, profile.name), profile=profile) as stack:
-                rows = ProfileRun(stack, args.quick).run()
+                rows = ProfileRun(stack, args.quick, args.only and args.only.split(",")).run()
             tables.append("\n".join([
                 "## %s" % profile.describe().capitalize(), "",
                 "| case | median | min | max | runs | floor | / floor | target | met |",

@@ -30,6 +30,17 @@ that long after it was read; order and throughput kept, no rate limit):
   proxy listens on transit.magic-wormhole.io:4001, the real relay behind
   it on another port).
 
+Locked-down networks. ``Stack(root, blocked={"bob": "refused", "diana":
+"dropped"})``, or ``with stack.wormhole_blocked(bob="refused"):`` for what
+is started meanwhile, puts users on a network that blocks the wormhole
+servers' ports while ssh gets out: "refused", every connection to them is
+refused at once; "dropped", they are silently dropped, so connects hang.
+Each such process runs in a mount namespace of its own whose /etc/hosts
+sends transit.magic-wormhole.io where WORMHOLE_RELAY_URL sends the mailbox:
+to 127.0.0.2, where nothing listens, or to 127.0.0.3, where full listen
+queues drop every new connection. ``stack.stop_wormhole()`` stops the
+servers outright for everyone (``start_wormhole()`` brings them back).
+
 ``Stack(root, profile=INTERNET)`` (or ``profile="internet"``, or
 ``Profile("mine", board_ms=..., ssh_ms=..., wormhole_ms=...)``) picks one;
 with no profile given, a Stack honours the environment variable
@@ -40,7 +51,9 @@ the board forward every read in pieces of at most N bytes, each delivered
 on its own, so that concurrent writers' long lines interleave often.
 """
 
+import contextlib
 import os
+import random
 import re
 import select
 import signal
@@ -51,7 +64,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from localstack.namespace import HERE, TRANSIT_NAME
+from localstack.namespace import HERE, MAILBOX_NAME, TRANSIT_NAME
 
 # Pico users with an account; NEWCOMER has a key but no account ("public").
 USERS = ("alice", "bob", "carol", "diana", "mallory")
@@ -60,6 +73,8 @@ NEWCOMER = "newcomer"
 TRANSIT_PORT = 4001  # wormhole-william always dials this port
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, which has the twisted plugins
 START_TIMEOUT = 20.0
+# Where a locked-down network sends the wormhole servers (see Stack.blocked).
+BLOCKED = {"refused": "127.0.0.2", "dropped": "127.0.0.3"}
 
 
 class StackError(Exception):
@@ -108,6 +123,19 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def lasting_port():
+    """A free port below Linux's ephemeral range (32768 and up), so that no
+    outgoing connection takes it while its server is down for a while."""
+    while True:
+        port = random.randrange(20000, 32768)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def check_namespace():
@@ -242,11 +270,12 @@ class Stack:
     (for a second one, enter namespaces of its own: namespace.enter).
     ``profile`` (a Profile or its name; None: LOCALSTACK_INTERNET decides)
     sets the delays; ``chop=N`` cuts what the board forwards into pieces of
-    at most N bytes.
+    at most N bytes. ``blocked`` maps users to the network they are on:
+    "refused" or "dropped" (see the module's docstring).
     """
 
     def __init__(self, root, users=USERS, fixed=False, wormhole=True, profile=None,
-                 chop=0):
+                 chop=0, blocked=None):
         self.root = os.path.abspath(root)
         self.users = tuple(users) + (NEWCOMER,)
         self.fixed = fixed
@@ -256,6 +285,9 @@ class Stack:
         self.services = []
         self.processes = []
         self.relay_url = None
+        self.blocked = dict(blocked or {})
+        self._wormhole_ports = None  # (mailbox, transit, and their proxies'), once started
+        self._black_holes = []  # the sockets that drop connections (see _drop_connections)
 
     # -- life cycle -----------------------------------------------------------
 
@@ -287,6 +319,9 @@ class Stack:
         # Session relays are sshd's grandchildren in sessions of their own:
         # find them by the stack's directory on their command line.
         kill_and_wait(processes_mentioning(self.root))
+        for hole in self._black_holes:
+            hole.close()
+        self._black_holes = []
 
     def _start(self, name, argv, ready):
         """Start a service whose log is ROOT/NAME.log, once it printed ready."""
@@ -339,13 +374,25 @@ class Stack:
             os.unlink(self.board_socket)
         self._run_board()
 
+    def stop_wormhole(self):
+        """Stop the wormhole servers (and their proxies), as when they are down."""
+        for service in [s for s in self.services if s.name in _WORMHOLE_SERVICES]:
+            service.stop()
+            self.services.remove(service)
+
+    def start_wormhole(self):
+        """Start the wormhole servers again, on the ports they had (if stopped)."""
+        if not any(s.name in _WORMHOLE_SERVICES for s in self.services):
+            self._start_wormhole()
+
     def _start_wormhole(self):
         transit_address = socket.gethostbyname(TRANSIT_NAME)
         delayed = bool(self.profile.wormhole_ms)
-        mailbox_port = free_port()
         # With a delay, the real transit relay moves aside: its proxy takes
         # the port that wormhole-william dials.
-        transit_port = free_port() if delayed else TRANSIT_PORT
+        self._wormhole_ports = self._wormhole_ports or (
+            lasting_port(), lasting_port() if delayed else TRANSIT_PORT, lasting_port())
+        mailbox_port, transit_port, proxy_port = self._wormhole_ports
         self._start("mailbox", [
             SYSTEM_PYTHON, "-m", "twisted", "--log-format=text", "wormhole-mailbox",
             "--port=tcp:%d:interface=127.0.0.1" % mailbox_port,
@@ -357,7 +404,7 @@ class Stack:
         ], "starting on")
         if delayed:
             mailbox_port = self._start_delay_proxy(
-                "mailbox-proxy", ("127.0.0.1", free_port()), ("127.0.0.1", mailbox_port))
+                "mailbox-proxy", ("127.0.0.1", proxy_port), ("127.0.0.1", mailbox_port))
             self._start_delay_proxy("transit-proxy", (transit_address, TRANSIT_PORT),
                                     (transit_address, transit_port))
         self.relay_url = "ws://127.0.0.1:%d/v1" % mailbox_port
@@ -428,7 +475,53 @@ class Stack:
         env.pop("XDG_DATA_HOME", None)  # each user's data (p2p's keys) in their home
         if self.relay_url:
             env["WORMHOLE_RELAY_URL"] = self.relay_url
+            if user in self.blocked:
+                env["WORMHOLE_RELAY_URL"] = re.sub(
+                    r"//[^:/]+", "//" + BLOCKED[self.blocked[user]], self.relay_url, 1)
         return env
+
+    @contextlib.contextmanager
+    def wormhole_blocked(self, **users):
+        """Put users (user="refused" or "dropped") on a locked-down network
+        for what is started as them meanwhile (see the module's docstring)."""
+        saved = dict(self.blocked)
+        self.blocked.update(users)
+        try:
+            yield self
+        finally:
+            self.blocked = saved
+
+    def _locked_down(self, how, argv):
+        """argv, run on a network where the wormhole servers are refused or dropped."""
+        if how not in BLOCKED:
+            raise StackError("a network blocks by %r: use one of %s" % (how, sorted(BLOCKED)))
+        address = BLOCKED[how]
+        if how == "dropped" and not self._black_holes:
+            self._drop_connections(address)
+        hosts = os.path.join(self.root, "hosts-%s" % how)
+        if not os.path.exists(hosts):
+            kept = [line for line in _read("/etc/hosts").splitlines()
+                    if TRANSIT_NAME not in line.split()]
+            _write(hosts, "\n".join(kept + ["%s %s %s" % (address, TRANSIT_NAME, MAILBOX_NAME)])
+                   + "\n")
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$0" /etc/hosts && exec "$@"', hosts] + list(argv)
+
+    def _drop_connections(self, address):
+        """Listen where the wormhole servers' ports would be on address, with
+        queues kept full, so that the kernel drops every new connection."""
+        ports = [TRANSIT_PORT, int(self.relay_url.rsplit(":", 1)[1].split("/")[0])]
+        for port in ports:
+            hole = socket.socket()
+            hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            hole.bind((address, port))
+            hole.listen(0)
+            self._black_holes.append(hole)
+            for _ in range(2):  # never accepted: they fill its queue
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex((address, port))
+                self._black_holes.append(filler)
 
     def run(self, user, argv, timeout=30, input=None, text=True, env=None, **kwargs):
         """Run a command as ``user`` and wait for it; a CompletedProcess."""
@@ -457,6 +550,8 @@ class Stack:
             else:
                 full[name] = value
         kwargs.setdefault("cwd", full["HOME"])
+        if user in self.blocked and self.relay_url:
+            argv = self._locked_down(self.blocked[user], argv)
         process = subprocess.Popen(argv, env=full, start_new_session=True, **kwargs)
         self.processes.append(process)
         return process
@@ -522,6 +617,9 @@ Host pipe.pico.sh pico.sh
     StrictHostKeyChecking yes
     LogLevel ERROR
 """
+
+
+_WORMHOLE_SERVICES = ("mailbox", "transit", "mailbox-proxy", "transit-proxy")
 
 
 def _read(path):

@@ -1,0 +1,274 @@
+"""Large payloads where wormhole cannot go: over ssh, chosen by the peers themselves.
+
+bob's network refuses the wormhole servers, diana's drops them (connects
+hang), carol's lets them through; the servers also stop in the middle of a
+map; mallory learns the topic of a transfer; a worker gone bad sends
+results cut short, too long, or under a broken seal. Each is a real
+process as its pico user on the local stack (see localstack's
+Stack.wormhole_blocked).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import p2p
+from localstack import children_of
+from test_getting_started import doctor
+from test_p2p import check_story, host, script, STORY, worker
+from test_protocol import RawPeer, outcome
+
+
+# -- units ------------------------------------------------------------------------------
+
+def test_a_large_payload_goes_the_first_way_both_peers_can():
+    both = ["wormhole", "ssh"]
+    assert p2p._via(both, both) == "wormhole"
+    assert p2p._via(both, ["ssh"]) == "ssh"
+    assert p2p._via(["ssh"], both) == "ssh"
+    assert p2p._via(["ssh"], []) == "ssh"
+    assert p2p._via(["wormhole"], ["ssh"]) == "wormhole"  # forced: ours it is
+
+
+def test_p2p_transport_forces_one_way_or_says_what_it_takes(monkeypatch):
+    for way in ("ssh", "wormhole"):
+        monkeypatch.setenv("P2P_TRANSPORT", " %s " % way.upper())
+        assert p2p._Transports(p2p.Config()).can() == [way]
+    monkeypatch.setenv("P2P_TRANSPORT", "pigeon")
+    with pytest.raises(p2p.P2PError, match="P2P_TRANSPORT must be auto, wormhole or ssh, "
+                                           "not 'pigeon'"):
+        p2p.Config()
+
+
+def test_a_stream_over_ssh_is_taken_only_whole_and_as_announced(tmp_path, monkeypatch):
+    key = os.urandom(32)
+    sealed = p2p._seal(key, os.urandom(100000))
+    size = len(sealed)
+
+    def framed(body, said=size, end=p2p._SSH_END):
+        return p2p._SSH_MAGIC + said.to_bytes(8, "big") + body + end
+
+    def receive(stream, timeout=30):
+        """What _receive_over_ssh makes of a sub that prints stream (or sleeps)."""
+        (tmp_path / "stream").write_bytes(stream or b"")
+        argv = ["cat", str(tmp_path / "stream")] if stream is not None else ["sleep", "60"]
+        monkeypatch.setattr(p2p, "_pubsub", lambda *_, **popen: subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        folder = tmp_path / ("in%d" % len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        running = []
+        try:
+            path = p2p._receive_over_ssh(p2p.Config(timeout=timeout), key, "task", size,
+                                         str(folder), "bob@h:1", running)
+        except p2p.TransferError as exc:
+            return str(exc)
+        finally:
+            assert running == []  # its process is stopped and gone
+        with open(path, "rb") as f:
+            return p2p._open(key, f.read())
+
+    assert receive(framed(sealed)) == p2p._open(key, sealed)
+    assert receive(framed(sealed[:-100], end=b"")) == (
+        "the payload over ssh was cut short: %d of %d bytes came" % (size - 100, size))
+    assert receive(framed(sealed + b"more")) == (
+        "the payload over ssh is longer than the %d bytes announced" % size)
+    assert receive(framed(sealed + b"x", said=size + 1)) == (
+        "the board announced %d bytes and the ssh stream %d" % (size, size + 1))
+    assert receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == (
+        "what came over ssh is not a p2p.py payload")
+    assert receive(b"") == "the ssh transfer ended before the payload came"
+    assert receive(None, timeout=0.5) == "the payload did not come over ssh within 1s"
+
+
+# -- stories ----------------------------------------------------------------------------
+
+SIZES = """
+    import os, p2p, time
+
+    def echo(data):
+        time.sleep(0.2)  # work, so that both workers get some
+        return data
+
+    sizes = [10, 150000, 1000000] * 4   # the board, and too large for it
+    payloads = [os.urandom(size) for size in sizes]
+    back = list(p2p.map(echo, payloads, timeout=240))
+    print("same", back == payloads)
+"""
+
+
+def heard(listener, key):
+    """(kind, from user, to user, via) of every large payload said on the board."""
+    said = set()
+    for line in listener.pipe.output.split(b"\n"):
+        msg = p2p._decode(line, key)
+        if isinstance(msg, p2p._Message) and msg.authentic and msg.kind in (
+                "assign", "result") and msg["of"] == 0:
+            said.add((msg.kind, p2p._user_of(msg["id"]), p2p._user_of(msg.to), msg["via"]))
+    return said
+
+
+def test_blocked_and_hanging_networks_share_alices_cluster_with_carol(stack, name):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    listener = RawPeer(stack, "alice", cluster, "alice@listener:1")
+    with stack.wormhole_blocked(bob="refused", diana="dropped"):
+        worker(stack, "bob", cluster)
+        dianas = stack.process("diana", [sys.executable, "-c", textwrap.dedent(SIZES)],
+                               env={"P2P_CLUSTER": cluster})
+    worker(stack, "carol", cluster)
+    carols = script(stack, "carol", SIZES, timeout=240, env={"P2P_CLUSTER": cluster})
+    assert carols.stdout == "same True\n", carols.stderr
+    assert dianas.wait(240) == 0, dianas.errors
+    assert dianas.output == b"same True\n"
+    said = heard(listener, listener.signing)
+    # Between the blocked peers, and with them, ssh; between the others, wormhole.
+    assert {way for _, sender, receiver, way in said
+            if {"bob", "diana"} & {sender, receiver}} == {"ssh"}, said
+    assert {way for _, sender, receiver, way in said
+            if (sender, receiver) == ("carol", "carol")} == {"wormhole"}, said
+    assert {("assign", "diana", "carol", "ssh"), ("result", "carol", "diana", "ssh"),
+            ("assign", "carol", "bob", "ssh"), ("result", "bob", "carol", "ssh"),
+            ("assign", "diana", "bob", "ssh")} <= said, said
+    for errors in (dianas.errors, carols.stderr.encode()):
+        assert b"trying again" not in errors and b"trying it over" not in errors, errors
+
+
+def test_a_map_completes_when_the_wormhole_servers_stop_in_its_middle(stack, gate):
+    worker(stack, "diana")
+    client = stack.process("diana", [sys.executable, "-c", textwrap.dedent("""
+        import p2p
+
+        def step(n, gate):
+            if n >= 3:
+                with open(gate, "rb", buffering=0) as f:  # blocks until the test opens it
+                    f.read(1)  # one byte: the gate holds one for each
+            return n, bytes(200000)  # too large for the board
+
+        for n, data in p2p.map(step, range(8), [%r] * 8, timeout=240, chunksize=1):
+            print("done", n, len(data), flush=True)
+    """ % gate.path)])
+    try:
+        client.expect("done 2 200000\n", timeout=60)  # by wormhole
+        stack.stop_wormhole()
+        gate.open()
+        assert client.wait(240) == 0, client.errors
+    finally:
+        stack.start_wormhole()
+    assert client.output.decode().splitlines() == ["done %d 200000" % n for n in range(8)]
+    assert b"trying it over ssh" in client.errors
+    assert b"failed" not in client.output
+
+
+def test_mallory_on_the_topic_of_a_transfer_reads_nothing_and_stops_nothing(stack):
+    """mallory sees the topic of bob's transfer in ps (as anyone on his machine
+    could) and tries it; bob's own peer takes the task."""
+    peer = RawPeer(stack, "bob", "personal", "bob@peer:1#1", key=None)
+    client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+        import p2p
+        print(p2p.submit(len, b"x" * 300000).result(120))
+    """)], env={"P2P_TRANSPORT": "ssh"})
+    peer.wait_for("hello", role="client", user="bob")
+    peer.send("idle", id=peer.id, py=p2p.PY, dh=peer.share.public, free=1, can=["ssh"])
+    assign = peer.wait_for("assign", to=peer.id, n=0)
+    assert (assign["via"], assign["of"], assign["can"]) == ("ssh", 0, ["ssh"])
+    key = peer.key(assign, b"task")
+    topic = p2p._ssh_topic(key)
+    assert children_of(client.process.pid, topic)  # there for all to see
+    for verb in ("sub", "pipe"):
+        tried = stack.run("mallory", ["ssh", "pipe.pico.sh", verb, topic, "-p"], timeout=20,
+                          input="" if verb == "sub" else "p2pS forged\n")
+        assert tried.stdout == "", tried
+    assert "access denied" in stack.run("mallory", ["ssh", "pipe.pico.sh", "sub", topic,
+                                                    "-p"], timeout=20).stderr
+    got = stack.run("bob", ["ssh", "pipe.pico.sh", "sub", topic, "-p", "-a", "bob", "-c"],
+                    timeout=60, text=False)
+    head = p2p._SSH_MAGIC + assign["size"].to_bytes(8, "big")
+    assert got.stdout.startswith(head) and got.stdout.endswith(p2p._SSH_END)
+    task = p2p._open(key, got.stdout[len(head):-len(p2p._SSH_END)])
+    assert p2p._load(p2p.io.BytesIO(task), trust=True) == (len, (b"x" * 300000,), {})
+    result = p2p._seal(peer.key(assign, b"result"), outcome(300000))
+    peer.say_payload("result", assign["id"], result, id=peer.id, task=assign["task"],
+                     free=1, tag=p2p._tag(peer.key(assign, b"lines"), "result", peer.id,
+                                          assign["task"]))
+    assert client.wait(60) == 0, client.errors
+    assert client.output == b"300000\n"
+
+
+def test_results_over_ssh_cut_short_too_long_or_forged_are_refused_and_retried(
+        stack, tmp_path):
+    peer = RawPeer(stack, "bob", "personal", "bob@bad:1#1", key=None)
+    client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+        import p2p
+        print(p2p.submit(abs, -7).result(120))
+    """)], env={"P2P_RETRIES": "3"})
+    peer.wait_for("hello", role="client", user="bob")
+    answer = outcome(bytes(100000))  # too large for the board: over ssh
+    for case in ("cut short", "too long", "forged", "honest"):
+        peer.send("idle", id=peer.id, py=p2p.PY, dh=peer.share.public, free=1, can=["ssh"])
+        assign = peer.wait_for("assign", to=peer.id, n=0)
+        assert assign["can"] == ["wormhole", "ssh"]  # bob's client could take either
+        key = peer.key(assign, b"result")
+        sealed = p2p._seal(os.urandom(32) if case == "forged" else key, answer)
+        body = {"cut short": sealed[:-1000], "too long": sealed + b"!" * 1000}.get(
+            case, sealed)
+        stream = tmp_path / case
+        stream.write_bytes(p2p._SSH_MAGIC + len(sealed).to_bytes(8, "big") + body +
+                           (b"" if case == "cut short" else p2p._SSH_END))
+        with open(stream, "rb") as source:
+            sending = stack.spawn("bob", ["ssh", "pipe.pico.sh", "pub", p2p._ssh_topic(key),
+                                          "-p", "-a", "bob", "-c"], stdin=source)
+        peer.send("result", assign["id"], id=peer.id, task=assign["task"], size=len(sealed),
+                  free=1, n=0, of=0, data="", via="ssh",
+                  tag=p2p._tag(peer.key(assign, b"lines"), "result", peer.id, assign["task"]))
+        sending.wait(60)
+    assert client.wait(60) == 0, client.errors
+    assert client.output == b"%r\n" % bytes(100000)
+    errors = client.errors.decode()
+    assert "the result did not arrive: the payload over ssh was cut short: %d of %d bytes" \
+        " came; trying again" % (len(sealed) - 1000, len(sealed)) in errors
+    assert "the result did not arrive: the payload over ssh is longer than the %d bytes " \
+        "announced; trying again" % len(sealed) in errors
+    assert "its result was refused: its seal is broken" in errors
+
+
+def test_doctor_and_status_tell_of_a_network_that_blocks_wormhole(stack, name):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol")
+    with stack.wormhole_blocked(bob="refused"):
+        status, checks = doctor(stack, "bob", cluster)
+        worker(stack, "bob", cluster)
+    worker(stack, "carol", cluster)
+    assert status == 0, checks
+    assert {check for check, (verdict, _) in checks.items() if verdict != "ok"} == {
+        "mailbox", "transit relay", "wormhole transfer"}, checks
+    assert "cannot be reached ([Errno 111] Connection refused)" in checks["mailbox"][1]
+    assert checks["ssh transfer"][1].startswith("a file went over ssh (pub, sub) to you in ")
+    assert checks["transports"][1].startswith(
+        "ssh only: wormhole cannot work here (127.0.0.2:")
+    assert "Large payloads go over ssh through pico.sh instead, automatically" in \
+        checks["transports"][1]
+    found = json.loads(stack.run("carol", [sys.executable, "-m", "p2p", "status", cluster,
+                                           "--json"]).stdout)
+    assert {w["user"]: w["can"] for w in found["workers"]} == {
+        "bob": ["ssh"], "carol": ["wormhole", "ssh"]}
+    shown = stack.run("carol", [sys.executable, "-m", "p2p", "status", cluster]).stdout
+    assert "large payloads over ssh (wormhole blocked)" in shown
+    assert "large payloads by wormhole or ssh" in shown
+
+
+def test_the_stories_run_where_every_network_blocks_wormhole(stack, name):
+    cluster = "alice/" + name
+    with stack.wormhole_blocked(alice="refused", bob="refused", carol="dropped"):
+        host(stack, cluster, "bob,carol")
+        worker(stack, "carol", cluster)
+        check_story(script(stack, "bob", STORY, env={"P2P_CLUSTER": cluster}))
+        large = script(stack, "bob", """
+            import os, p2p
+            data = os.urandom(3 << 20)
+            print(p2p.submit(bytes, data).result(120) == data)
+        """, env={"P2P_CLUSTER": cluster})
+    assert large.stdout == "True\n", large.stderr
