@@ -2575,20 +2575,43 @@ def _copy(source, size, sink):
     return got
 
 
+class _Counted:
+    """A pipe's reads, counted."""
+
+    def __init__(self, source):
+        self.source, self.got = source, 0
+
+    def read(self, size):
+        data = self.source.read(size)
+        self.got += len(data)
+        return data
+
+
 def _receive_over_ssh(config, key, name, size, folder, peer, running):
+    """Receive size sealed bytes from peer over ssh and open them, as they
+    come, into the file name in folder; its path, or TransferError (nothing
+    is left at the path then: its bytes count only once the seal checks)."""
     timeout = _transfer_time(config, size)
     process = _pubsub(config, "sub", key, peer)
-    head, errors = io.BytesIO(), ""
+    head, errors, path = io.BytesIO(), "", os.path.join(folder, name)
     with _watched(process, timeout, running) as expired:
-        with open(os.path.join(folder, name), "wb") as sink:
-            _copy(process.stdout, len(_SSH_MAGIC) + 8, head)
-            head = head.getvalue()
-            said = int.from_bytes(head[len(_SSH_MAGIC):], "big")
-            if head.startswith(_SSH_MAGIC) and len(head) == len(_SSH_MAGIC) + 8 and said == size:
-                got = _copy(process.stdout, size, sink)
-                end = process.stdout.read(len(_SSH_END)) if got == size else b""
-            elif not head:  # it ended: say why, if ssh said
-                errors = process.stderr.read(4096).decode(errors="replace").strip()
+        _copy(process.stdout, len(_SSH_MAGIC) + 8, head)
+        head = head.getvalue()
+        said = int.from_bytes(head[len(_SSH_MAGIC):], "big")
+        if head.startswith(_SSH_MAGIC) and len(head) == len(_SSH_MAGIC) + 8 and said == size:
+            stream, broken, end = _Counted(process.stdout), None, b""
+            try:
+                with open(path, "wb") as sink:
+                    _open_stream(key, stream, size, sink)
+                end = process.stdout.read(len(_SSH_END))
+            except _Refused as exc:
+                broken = exc
+            got = stream.got
+            if broken is not None or end != _SSH_END:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        elif not head:  # it ended: say why, if ssh said
+            errors = process.stderr.read(4096).decode(errors="replace").strip()
     if expired.is_set():
         raise TransferError("the payload did not come over ssh within %.0fs" % timeout)
     if len(head) < len(_SSH_MAGIC) + 8:
@@ -2601,12 +2624,15 @@ def _receive_over_ssh(config, key, name, size, folder, peer, running):
     if got < size:
         raise _Refused("the payload over ssh was cut short: %d of %d bytes came"
                        % (got, size))
+    if broken is not None:
+        raise broken
     if end != _SSH_END:
         raise _Refused("the payload over ssh is longer than the %d bytes announced" % size)
-    return _received(folder, name, size)
+    return path
 
 
 HAND_OVER_WAIT = 20.0  # seconds a receiver waits over ssh for what a code hands over
+_TAKEN = b"taken"  # a receiver's answer to a hand-over over ssh
 
 
 def _code_key(code):
@@ -2647,9 +2673,15 @@ def _hand_over(config, code, path, peer, timeout):
     """Send the file at path once, to whoever takes it with code, by wormhole
     and over ssh to the pico user peer at once (which of them their network
     lets through we cannot know); return once one of them has delivered it,
-    or raise TransferError with what each said."""
-    patient = copy.copy(config)
-    patient.timeout = timeout
+    or raise TransferError with what each said.
+
+    Over ssh nothing says who read it, so it counts as delivered only when
+    its receiver answers, over ssh too, with an answer sealed under the code:
+    a stranger who got onto the topic first (reading it from ps) has the
+    sealed bytes, and no word of ours that bob joined.
+    """
+    patient, brief = copy.copy(config), copy.copy(config)
+    patient.timeout, brief.timeout = timeout, HAND_OVER_WAIT
     folder = tempfile.mkdtemp(prefix="p2p-hand-over-")
 
     def send(way, running):
@@ -2657,9 +2689,14 @@ def _hand_over(config, code, path, peer, timeout):
             shutil.copy(path, os.path.join(folder, os.path.basename(path)))
             _wormhole(patient, ["send", "--hide-progress", "--code", code,
                                 os.path.basename(path)], folder, timeout, running=running)
-        elif not _send_over_ssh(patient, _code_key(code), path, peer + "@", running,
-                                held=True):
+            return
+        if not _send_over_ssh(patient, _code_key(code), path, peer + "@", running,
+                              held=True):
             raise TransferError("ssh pub did not finish within %.0fs, or failed" % timeout)
+        answers = os.path.join(folder, "answer")
+        os.mkdir(answers)
+        _receive_over_ssh(brief, _code_key(code + " answer"), "answer",
+                          len(_TAKEN) + SEAL_OVERHEAD, answers, peer + "@", running)
 
     try:
         _first_of(["ssh"] + ([] if _wormhole_blocked(config) else ["wormhole"]), send)
@@ -2680,10 +2717,12 @@ def _take_over(config, code, name, size, folder, peer):
         os.mkdir(into)
         if way == "wormhole":
             return _receive_file(config, code, name, size, into, running)
-        got = os.path.join(into, name + ".plain")
-        _open_file(_code_key(code), _receive_over_ssh(
-            brief, _code_key(code), name, size + SEAL_OVERHEAD, into, peer + "@", running),
-            got)
+        got = _receive_over_ssh(brief, _code_key(code), name, size + SEAL_OVERHEAD, into,
+                                peer + "@", running)
+        answer = os.path.join(into, "answer")
+        with open(answer, "wb") as f:
+            f.write(_TAKEN)
+        _send_over_ssh(brief, _code_key(code + " answer"), answer, peer + "@", running)
         return got
 
     return _first_of(["ssh"] + ([] if _wormhole_blocked(config) else ["wormhole"]),
@@ -2703,11 +2742,15 @@ def _send_payload(config, via, key, path, sealed, peer, running):
 
 
 def _receive_payload(config, via, key, name, size, folder, peer, running):
-    """Receive the file name of size sealed bytes from peer over via into an
-    empty folder; its path, or TransferError."""
+    """Receive a payload of size sealed bytes from peer over via into an
+    empty folder, and open it there; the path of what it holds, or
+    TransferError (_Refused when what came was not as announced)."""
     if via == "ssh":
-        return _receive_over_ssh(config, key, name, size, folder, peer, running)
-    return _receive_file(config, _wormhole_code(key), name, size, folder, running)
+        return _receive_over_ssh(config, key, name + ".pkl", size, folder, peer, running)
+    sealed = _receive_file(config, _wormhole_code(key), name, size, folder, running)
+    _open_file(key, sealed, sealed + ".pkl")
+    os.remove(sealed)
+    return sealed + ".pkl"
 
 
 # -- which transports work ----------------------------------------------------
@@ -3252,10 +3295,9 @@ class _Worker(_Member):
     def _receive(self, job):
         """Receive a task by wormhole or ssh (in a thread of its own)."""
         try:
-            sealed = _receive_payload(self.config, job.via, job.task_key, "task", job.size,
-                                      job.folder, job.client, job.transfers)
-            _open_file(job.task_key, sealed, job.task_path)
-            os.remove(sealed)
+            got = _receive_payload(self.config, job.via, job.task_key, "task", job.size,
+                                   job.folder, job.client, job.transfers)
+            os.replace(got, job.task_path)
         except (TransferError, OSError) as exc:
             if job.via == "wormhole" and not job.abandoned and not isinstance(exc, _Refused):
                 self.transports.failed()
@@ -3393,6 +3435,8 @@ class _Worker(_Member):
         for slot in self.slots.values():
             slot.queue.put(None)
             slot.runner.stop()
+        for job in list(self.jobs.values()):
+            _kill(job.transfers)  # their ssh and wormhole processes would outlive us
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
@@ -3467,6 +3511,7 @@ class _Task:
         self.resent = 0  # times the assignment was said again
         self.via = None  # how its payload goes to that slot: board, wormhole or ssh
         self.avoid = set()  # transports that failed it: its next tries go another way
+        self.said_unknown = False  # a worker said it lacks our key share (once is free)
         self.transfers = []  # its wormhole and ssh processes, to stop when it moves on
         self.failures = []  # why earlier tries failed
         self.failed_on = set()  # the machines of those tries
@@ -3609,9 +3654,13 @@ class _Client(_Member):
     def _on_decline(self, msg):
         task = self.tasks.get(msg["task"])
         if task is not None and task.slot == msg["id"] and msg["why"] == _UNKNOWN_SHARE:
-            # It cannot tag this, nor can it have run the task: say all of it again.
-            self.known_to.discard(_process_of(task.slot))
-            self._retry(task, msg["why"], failed=False)
+            # It cannot tag this, nor can it have run the task: say all of it
+            # again, share and all, once (anyone could say this, again and
+            # again: a worker that has our share now never says it twice).
+            if not task.said_unknown:
+                task.said_unknown = True
+                self.known_to.discard(_process_of(task.slot))
+                self._retry(task, msg["why"], failed=False)
             return
         if task is None or task.slot != msg["id"] or not _tagged(msg, task.keys[2]):
             return  # not an answer from the slot this task was assigned to
@@ -3724,7 +3773,6 @@ class _Client(_Member):
         if via != "wormhole" or via in task.avoid or self.transports.forced:
             return False
         task.avoid.add(via)
-        self.transports.failed()
         log.warning("task %s on worker %s: %s; trying it over ssh", task.id, task.slot, why)
         return True
 
@@ -3807,6 +3855,8 @@ class _Client(_Member):
                 _send_payload(self.config, task.via, task.keys[0], task.path,
                               os.path.join(folder, "task"), task.slot, task.transfers)
         except TransferError as exc:
+            if task.id == try_id and task.via == "wormhole" and not isinstance(exc, _Refused):
+                self.transports.failed()  # what we saw ourselves, not a worker's word
             log.debug("sending task %s: %s (the worker's answer decides)", try_id, exc)
         except (OSError, P2PError) as exc:
             self.post(self._retry, task, "cannot send the task: %s" % exc)
@@ -3816,21 +3866,25 @@ class _Client(_Member):
     def _receive_result(self, task, size, via):
         folder = tempfile.mkdtemp(dir=self.scratch)
         try:
-            sealed = _receive_payload(self.config, via, task.keys[1], "result", size,
-                                      folder, task.slot, task.transfers)
+            got = _receive_payload(self.config, via, task.keys[1], "result", size,
+                                   folder, task.slot, task.transfers)
         except TransferError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             self.post(self._result_lost, task, via, exc)
             return
         if via == "wormhole":
             self.transports.worked()
-        self.outcomes.put((self._load_result, task, sealed))
+        self.outcomes.put((self._load_result, task, got))
 
     def _result_lost(self, task, via, error):
         if self.tasks.get(task.id) is task:
+            if isinstance(error, _Refused):  # a forgery, or damage: never unpickled
+                self._retry(task, "its result was refused: %s" % error)
+                return
             why = "the result did not arrive: %s" % error
-            self._retry(task, why, failed=isinstance(error, _Refused) or
-                        not self._switch(task, via, why))
+            if via == "wormhole":
+                self.transports.failed()
+            self._retry(task, why, failed=not self._switch(task, via, why))
 
     # On the results thread.
 
@@ -3844,20 +3898,17 @@ class _Client(_Member):
             except Exception:
                 log.exception("settling a result failed")
 
-    def _load_result(self, task, sealed):
-        """Open and load a result (bytes, or a sealed file), then end its task."""
-        folder = None if isinstance(sealed, bytes) else os.path.dirname(sealed)
+    def _load_result(self, task, payload):
+        """Load a result (sealed bytes from the board, or the path of one
+        opened as it came), then end its task."""
+        folder = None if isinstance(payload, bytes) else os.path.dirname(payload)
         try:
             try:
                 if folder is None:
-                    data = _open(task.keys[1], sealed)
+                    data = _open(task.keys[1], payload)
                     size, source = len(data), io.BytesIO(data)
-                else:
-                    plain = sealed + ".pkl"
-                    _open_file(task.keys[1], sealed, plain)
-                    os.remove(sealed)
-                    # From the file: a large result is read once.
-                    size, source = os.path.getsize(plain), open(plain, "rb")
+                else:  # from the file: a large result is read once
+                    size, source = os.path.getsize(payload), open(payload, "rb")
             except TransferError as exc:  # a forgery, or damage: never unpickled
                 self.post(self._retry, task, "its result was refused: %s" % exc)
                 return
@@ -4691,7 +4742,8 @@ def _ssh_self_transfer(config, user):
             _kill(sending)
             sender.join()
         with open(got, "rb") as f:
-            _open(key, f.read())
+            if f.read() != b"hello from p2p doctor\n":
+                raise P2PError("what came over ssh is not what was sent")
         return time.monotonic() - started
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -69,7 +69,7 @@ def test_a_stream_over_ssh_is_taken_only_whole_and_as_announced(tmp_path, monkey
         finally:
             assert running == []  # its process is stopped and gone
         with open(path, "rb") as f:
-            return p2p._open(key, f.read())
+            return f.read()  # opened as it came
 
     assert receive(framed(sealed)) == p2p._open(key, sealed)
     assert receive(framed(sealed[:-100], end=b"")) == (
@@ -228,9 +228,9 @@ def test_results_over_ssh_cut_short_too_long_or_forged_are_refused_and_retried(
     assert client.wait(60) == 0, client.errors
     assert client.output == b"%r\n" % bytes(100000)
     errors = client.errors.decode()
-    assert "the result did not arrive: the payload over ssh was cut short: %d of %d bytes" \
+    assert "its result was refused: the payload over ssh was cut short: %d of %d bytes" \
         " came; trying again" % (len(sealed) - 1000, len(sealed)) in errors
-    assert "the result did not arrive: the payload over ssh is longer than the %d bytes " \
+    assert "its result was refused: the payload over ssh is longer than the %d bytes " \
         "announced; trying again" % len(sealed) in errors
     assert "its result was refused: its seal is broken" in errors
 

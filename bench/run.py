@@ -618,9 +618,6 @@ class ProfileRun:
         self.add("wormhole blocked: 10 MB bytes there and back over ssh, 1 worker", times,
                  "s", floor, "<= 1.5x two raw 10 MB pipes",
                  statistics.median(times) <= 1.5 * floor[1])
-        self.add("wormhole blocked: peak client memory / payload",
-                 [b[1] / (10 * MB) for b in bulk], "x", None, "<= 3x",
-                 max(b[1] for b in bulk) <= 3 * 10 * MB)
 
     def hanging_wormhole(self):
         """The client's connects to the wormhole servers hang; its worker's do not."""
