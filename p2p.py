@@ -2509,23 +2509,27 @@ def _pubsub(config, verb, key, peer, quiet=True, **popen):
 
 
 @contextlib.contextmanager
-def _watched(process, timeout, running):
+def _watched(process, timeout, running, stream=None, stall=None):
     """Run with process in running (see _wormhole), killed when timeout
-    seconds pass (the Event it gives is set then) and at the end."""
-    expired = threading.Event()
+    seconds pass or, given the _Counted stream it reads, when nothing came
+    on it for stall seconds (the Event it gives is set then), and at the end."""
+    expired, done = threading.Event(), threading.Event()
+    deadline = time.monotonic() + timeout
 
-    def expire():
-        expired.set()
-        process.kill()
+    def watch():
+        while not done.wait(min(1.0, timeout)):
+            now = time.monotonic()
+            if now > deadline or (stream is not None and now - stream.heard > stall):
+                expired.set()
+                process.kill()
+                return
 
-    timer = threading.Timer(timeout, expire)
-    timer.daemon = True
-    timer.start()
+    threading.Thread(target=watch, daemon=True, name="p2p-watch").start()
     running.append(process)
     try:
         yield expired
     finally:
-        timer.cancel()
+        done.set()
         process.kill()
         process.wait()
         running.remove(process)
@@ -2563,57 +2567,54 @@ def _send_over_ssh(config, key, path, peer, running, held=False):
     return not said and not expired.is_set()
 
 
-def _copy(source, size, sink):
-    """Copy up to size bytes from a pipe to sink; how many came."""
-    got = 0
-    while got < size:
-        chunk = source.read1(min(size - got, 1 << 16))
-        if not chunk:
-            break
-        sink.write(chunk)
-        got += len(chunk)
-    return got
-
-
 class _Counted:
-    """A pipe's reads, counted."""
+    """A pipe's reads, of as many bytes as asked (fewer at its end): how
+    many came, and when the last did, also in the middle of a long read."""
 
     def __init__(self, source):
-        self.source, self.got = source, 0
+        self.source, self.got, self.heard = source, 0, time.monotonic()
 
     def read(self, size):
-        data = self.source.read(size)
-        self.got += len(data)
-        return data
+        chunks, left = [], size
+        while left:
+            chunk = self.source.read1(min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+            self.got, self.heard = self.got + len(chunk), time.monotonic()
+        return b"".join(chunks)
 
 
 def _receive_over_ssh(config, key, name, size, folder, peer, running):
     """Receive size sealed bytes from peer over ssh and open them, as they
     come, into the file name in folder; its path, or TransferError (nothing
     is left at the path then: its bytes count only once the seal checks)."""
+    # A peer that announces a large payload and sends nothing, or stops,
+    # is given up on after P2P_TIMEOUT seconds of silence, whatever its size.
     timeout = _transfer_time(config, size)
     process = _pubsub(config, "sub", key, peer)
-    head, errors, path = io.BytesIO(), "", os.path.join(folder, name)
-    with _watched(process, timeout, running) as expired:
-        _copy(process.stdout, len(_SSH_MAGIC) + 8, head)
-        head = head.getvalue()
+    stream, errors, path = _Counted(process.stdout), "", os.path.join(folder, name)
+    with _watched(process, timeout, running, stream, config.timeout) as expired:
+        head = stream.read(len(_SSH_MAGIC) + 8)
         said = int.from_bytes(head[len(_SSH_MAGIC):], "big")
         if head.startswith(_SSH_MAGIC) and len(head) == len(_SSH_MAGIC) + 8 and said == size:
-            stream, broken, end = _Counted(process.stdout), None, b""
+            broken, end = None, b""
             try:
                 with open(path, "wb") as sink:
                     _open_stream(key, stream, size, sink)
-                end = process.stdout.read(len(_SSH_END))
+                end = stream.read(len(_SSH_END))
             except _Refused as exc:
                 broken = exc
-            got = stream.got
+            got = stream.got - len(head) - len(end)
             if broken is not None or end != _SSH_END:
                 with contextlib.suppress(OSError):
                     os.remove(path)
         elif not head:  # it ended: say why, if ssh said
             errors = process.stderr.read(4096).decode(errors="replace").strip()
     if expired.is_set():
-        raise TransferError("the payload did not come over ssh within %.0fs" % timeout)
+        raise TransferError("the payload did not come over ssh within %.3gs, or stopped "
+                            "coming for %.3gs" % (timeout, config.timeout))
     if len(head) < len(_SSH_MAGIC) + 8:
         raise TransferError("the ssh transfer ended before the payload came%s" % (
             "; ssh said: " + errors[-300:] if errors else ""))

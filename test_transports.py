@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -52,18 +53,21 @@ def test_a_stream_over_ssh_is_taken_only_whole_and_as_announced(tmp_path, monkey
     def framed(body, said=size, end=p2p._SSH_END):
         return p2p._SSH_MAGIC + said.to_bytes(8, "big") + body + end
 
-    def receive(stream, timeout=30):
-        """What _receive_over_ssh makes of a sub that prints stream (or sleeps)."""
-        (tmp_path / "stream").write_bytes(stream or b"")
-        argv = ["cat", str(tmp_path / "stream")] if stream is not None else ["sleep", "60"]
+    def receive(stream, timeout=30, announced=size):
+        """What _receive_over_ssh makes of a sub that prints stream, then
+        waits (a peer that stops) if stream is a tuple (stream, "stops")."""
+        stops = isinstance(stream, tuple)
+        (tmp_path / "stream").write_bytes(stream[0] if stops else stream)
+        argv = ["sh", "-c", 'cat "$0"' + ("; exec sleep 60" if stops else ""),
+                str(tmp_path / "stream")]
         monkeypatch.setattr(p2p, "_pubsub", lambda *_, **popen: subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         folder = tmp_path / ("in%d" % len(list(tmp_path.iterdir())))
         folder.mkdir()
         running = []
         try:
-            path = p2p._receive_over_ssh(p2p.Config(timeout=timeout), key, "task", size,
-                                         str(folder), "bob@h:1", running)
+            path = p2p._receive_over_ssh(p2p.Config(timeout=timeout), key, "task",
+                                         announced, str(folder), "bob@h:1", running)
         except p2p.TransferError as exc:
             return str(exc)
         finally:
@@ -81,7 +85,13 @@ def test_a_stream_over_ssh_is_taken_only_whole_and_as_announced(tmp_path, monkey
     assert receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == (
         "what came over ssh is not a p2p.py payload")
     assert receive(b"") == "the ssh transfer ended before the payload came"
-    assert receive(None, timeout=0.5) == "the payload did not come over ssh within 1s"
+    assert receive((b"", "stops"), timeout=0.5) == (
+        "the payload did not come over ssh within 0.55s, or stopped coming for 0.5s")
+    # One that announces a gigabyte and stops is given up on in seconds, not 500.
+    started = time.monotonic()
+    assert receive((framed(sealed[:1000], said=10 ** 9, end=b""), "stops"), timeout=1,
+                   announced=10 ** 9).startswith("the payload did not come over ssh within 501s, or stopped ")
+    assert time.monotonic() - started < 10
 
 
 # -- stories ----------------------------------------------------------------------------
