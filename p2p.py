@@ -3808,7 +3808,12 @@ class _Client(_Member):
 
     def _resend(self, task):
         if task.resent >= self.RESENDS:
-            self._retry(task, "%s: the worker never said it had it" % _LOST_TASK)
+            heard = self.heard.get(_process_of(task.slot), 0.0)
+            if heard < task.assigned_at:  # not a word since: the worker is gone
+                self._retry(task, "lost (silent for %.0fs)" % (time.monotonic() - heard),
+                            error=WorkerLost)
+            else:
+                self._retry(task, "%s: the worker never said it had it" % _LOST_TASK)
             return
         task.resent += 1
         task.said_at = time.monotonic()
