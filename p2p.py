@@ -4309,7 +4309,14 @@ class _Host(_Peer):
                 with self.lock:
                     self.secret, (self.key, self.salt) = secret, _keys(secret, self.cluster)
                 self._say_hello()  # members connected now hear it: they ask for the key
-        self._check()  # the list is stored: the spare session joins
+        # Once pico.sh shows our list stored, the spare session joins: not
+        # before we say we are hosting, or a member's leaving (bug B) while
+        # it is still away would leave a worker alone, and thrown off.
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        self._check()
+        while not self.spare.running() and time.monotonic() < deadline:
+            time.sleep(HOST_CHECK / 6)
+            self._check()
         log.info("hosting %s for %s", self.cluster, ", ".join(self.members) or "nobody")
 
     def _say_hello(self):
