@@ -315,18 +315,83 @@ def _require_ssh():
     return path
 
 
-def _ssh(config, host, words, **popen):
-    """Start ``ssh HOST WORDS...`` with the configured arguments: the one way to ssh."""
+def _ssh(config, host, words, unseen=False, **popen):
+    """Start ``ssh HOST WORDS...`` with the configured arguments: the one way
+    to ssh. unseen: WORDS go to ssh in a file of ours, as its RemoteCommand,
+    not on its command line, which anyone on this machine can read (ps)."""
     _require_ssh()
     argv = (["ssh", "-T"] + config.ssh_args +
             ["-o", "BatchMode=yes", "-o", "ServerAliveInterval=15",
-             "-o", "ServerAliveCountMax=3", host] + list(words))
+             "-o", "ServerAliveCountMax=3"])
+    settings = _ssh_settings(argv, host) if unseen else None
     if config.debug:
-        log.debug("run: %s", shlex.join(argv))
+        log.debug("run: %s", shlex.join(argv + [host] + list(words)))
     popen.setdefault("stdin", subprocess.DEVNULL)
     popen.setdefault("stdout", subprocess.PIPE)
     popen.setdefault("stderr", subprocess.PIPE)
-    return subprocess.Popen(argv, **popen)
+    if settings is None:
+        return subprocess.Popen(argv + [host] + list(words), **popen)
+    # In a file only we can read (ssh closes what it inherits, pipes too).
+    fd, path = tempfile.mkstemp(prefix="ssh-", dir=_private_folder())
+    with os.fdopen(fd, "w") as f:
+        f.write("RemoteCommand %s\n%s" % (" ".join(words).replace("%", "%%"), settings))
+    try:
+        return _Unseen(argv + ["-F", path, host], path, **popen)
+    except BaseException:
+        os.remove(path)
+        raise
+
+
+class _Unseen(subprocess.Popen):
+    """An ssh whose command is in the file at path: removed once it has ended."""
+
+    def __init__(self, argv, path, **popen):
+        self.path = path
+        super().__init__(argv, **popen)
+
+    def wait(self, timeout=None):
+        code = super().wait(timeout)
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
+        return code
+
+
+_private = []
+
+
+def _private_folder():
+    """A folder of this process's that only its user can read, gone at exit."""
+    if not _private:
+        _private.append(tempfile.mkdtemp(prefix="p2p-"))
+        atexit.register(shutil.rmtree, _private[0], True)
+    return _private[0]
+
+
+_settings, _settings_lock = {}, threading.Lock()
+
+
+def _ssh_settings(argv, host):
+    """What ssh makes of its configuration for host (``ssh -G``), to be
+    given back to it with -F; None where that cannot be done."""
+    # With -F, ssh reads nothing but that file: it must hold all that the
+    # user's files, P2P_SSH_ARGS and a wrapper on PATH would have said.
+    key = (tuple(argv), host)
+    with _settings_lock:
+        if key in _settings or os.name != "posix":
+            return _settings.get(key)
+        try:
+            said = subprocess.run(argv + ["-G", host], stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            said = None
+        lines = [line for line in (said.stdout.decode(errors="replace").splitlines()
+                                   if said and said.returncode == 0 else [])
+                 if line.split(" ", 1)[0] not in ("host", "remotecommand")]
+        _settings[key] = "".join(line + "\n" for line in lines) or None
+        if not lines:
+            log.debug("ssh -G %s did not say what ssh's settings are: transfers' "
+                      "topics show in ps", host)
+    return _settings[key]
 
 
 def _ssh_output(config, host, words, timeout=30.0):
@@ -2431,9 +2496,12 @@ def _wormhole(config, words, cwd, timeout, answer=None, running=None, max_file=N
 
 
 def _kill(running):
-    """Stop the wormhole processes of a running list (see _wormhole)."""
+    """Stop the transfer processes of a running list (see _wormhole), and
+    reap them (those started ahead are watched by no one yet)."""
     for process in list(running):
         process.kill()
+    for process in list(running):
+        process.wait()
 
 
 def _transfer_time(config, size):
@@ -2476,13 +2544,14 @@ def _received(folder, name, size):
 # Where wormhole cannot go (a network that lets only ssh out, its servers
 # down), a large payload goes through pico.sh itself: its sender runs
 # ``pub TOPIC -p -a RECEIVER`` and its receiver ``sub TOPIC -p -a SENDER``.
-# TOPIC comes from the payload's key, so only the two peers can know it. It
-# is public (-p) because pico.sh keeps a public topic's access list under
-# one name for everyone: whichever of the two connects first stores a list
-# naming the other, so the order they arrive in does not matter and neither
+# TOPIC comes from the payload's key, so only the two peers can know it: it
+# is not even on ssh's command line, where ps would show it. It is public
+# (-p) because pico.sh keeps a public topic's access list under one name
+# for everyone: whichever of the two connects first stores a list naming
+# the other, so the order they arrive in does not matter and neither
 # access-list bug applies (in the sender's namespace, a receiver that came
 # first would wait alone on a channel of its own). A stranger who learns
-# TOPIC (from ps) once one of them is on it is denied; one there first
+# TOPIC all the same once one of them is on it is denied; one there first
 # would own it, and the two, shut out, fail and try again under a new task
 # id. pub waits for its reader, which drains into a file as fast as bytes
 # come: the channel has no one else to stall, and ssh's windows are its
@@ -2498,14 +2567,29 @@ def _ssh_topic(key):
     return "p2p-" + hmac.new(key, b"ssh topic", "sha256").hexdigest()[:32]
 
 
-def _pubsub(config, verb, key, peer, quiet=True, **popen):
+def _pubsub(config, verb, key, peer, held=False):
     """Start ``ssh HOST pub|sub TOPIC`` for a payload between us and peer (an
-    id); quiet: without pico.sh's status lines (-c)."""
+    id); held: a pub with pico.sh's status lines on its stdout."""
     user = _user_of(peer)
     if not re.fullmatch(_USER_NAME, user):  # a word of pico.sh's command line
         raise TransferError("the peer %r is not named by a pico.sh user" % peer[:80])
+    pipes = {} if verb == "sub" else dict(
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE if held else subprocess.DEVNULL)
     return _ssh(config, config.host, [verb, _ssh_topic(key), "-p", "-a", user] +
-                ["-c"] * quiet, **popen)
+                ["-c"] * (not held), unseen=True, **pipes)
+
+
+def _ssh_ahead(config, verb, key, peer, running):
+    """Start the pub (or sub) of a payload over ssh before the payload is
+    there, for _send_over_ssh (or _receive_over_ssh) to take: its session is
+    set up by then (a task's result, while the task runs); None if it
+    cannot start (the transfer then starts its own, and says why it cannot)."""
+    try:
+        process = _pubsub(config, verb, key, peer)
+    except (OSError, P2PError):
+        return None
+    running.append(process)
+    return process
 
 
 @contextlib.contextmanager
@@ -2515,6 +2599,8 @@ def _watched(process, timeout, running, stream=None, stall=None):
     on it for stall seconds (the Event it gives is set then), and at the end."""
     expired, done = threading.Event(), threading.Event()
     deadline = time.monotonic() + timeout
+    if process not in running:  # one started ahead is there already
+        running.append(process)
 
     def watch():
         while not done.wait(min(1.0, timeout)):
@@ -2525,30 +2611,30 @@ def _watched(process, timeout, running, stream=None, stall=None):
                 return
 
     threading.Thread(target=watch, daemon=True, name="p2p-watch").start()
-    running.append(process)
     try:
         yield expired
     finally:
         done.set()
         process.kill()
         process.wait()
-        running.remove(process)
+        with contextlib.suppress(ValueError):
+            running.remove(process)
         for stream in (process.stdin, process.stdout, process.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
 
 
-def _send_over_ssh(config, key, path, peer, running, held=False):
+def _send_over_ssh(config, key, path, peer, running, held=False, ahead=None):
     """Seal the file at path under key as it goes to peer over ssh; True when
     pico.sh took it all and ended the session (a reader came), though the
     receiver's word is what counts. held: not a byte of it before a reader
     is there (pico.sh's status line says so), so that none is left waiting
-    in pico.sh when we give up."""
+    in pico.sh when we give up. ahead: its pub, if one was started ahead."""
     size = os.path.getsize(path) + SEAL_OVERHEAD
     # Sealed on the way: while ssh sets up its session, not before.
-    process = _pubsub(config, "pub", key, peer, quiet=not held, stdin=subprocess.PIPE,
-                      stdout=subprocess.PIPE if held else subprocess.DEVNULL)
+    process = (ahead if ahead is not None and ahead.poll() is None else
+               _pubsub(config, "pub", key, peer, held=held))
     with _watched(process, _transfer_time(config, size), running) as expired:
         try:
             while held and not process.stdout.readline().startswith(b"sending msg"):
@@ -2586,14 +2672,16 @@ class _Counted:
         return b"".join(chunks)
 
 
-def _receive_over_ssh(config, key, name, size, folder, peer, running):
+def _receive_over_ssh(config, key, name, size, folder, peer, running, ahead=None):
     """Receive size sealed bytes from peer over ssh and open them, as they
     come, into the file name in folder; its path, or TransferError (nothing
-    is left at the path then: its bytes count only once the seal checks)."""
+    is left at the path then: its bytes count only once the seal checks).
+    ahead: its sub, if one was started ahead."""
     # A peer that announces a large payload and sends nothing, or stops,
     # is given up on after P2P_TIMEOUT seconds of silence, whatever its size.
     timeout = _transfer_time(config, size)
-    process = _pubsub(config, "sub", key, peer)
+    process = (ahead if ahead is not None and ahead.poll() is None else
+               _pubsub(config, "sub", key, peer))
     stream, errors, path = _Counted(process.stdout), "", os.path.join(folder, name)
     with _watched(process, timeout, running, stream, config.timeout) as expired:
         head = stream.read(len(_SSH_MAGIC) + 8)
@@ -2612,6 +2700,9 @@ def _receive_over_ssh(config, key, name, size, folder, peer, running):
                     os.remove(path)
         elif not head:  # it ended: say why, if ssh said
             errors = process.stderr.read(4096).decode(errors="replace").strip()
+    if not head and process is ahead and not expired.is_set():
+        # Its session ended while it waited (pico.sh drops some): afresh.
+        return _receive_over_ssh(config, key, name, size, folder, peer, running)
     if expired.is_set():
         raise TransferError("the payload did not come over ssh within %.3gs, or stopped "
                             "coming for %.3gs" % (timeout, config.timeout))
@@ -2670,6 +2761,11 @@ def _first_of(ways, attempt):
     raise TransferError("; ".join(failures))
 
 
+def _ways_here(config):
+    """The ways a hand-over may take from this machine."""
+    return ["ssh"] + ([] if _wormhole_blocked(config) else ["wormhole"])
+
+
 def _hand_over(config, code, path, peer, timeout):
     """Send the file at path once, to whoever takes it with code, by wormhole
     and over ssh to the pico user peer at once (which of them their network
@@ -2700,7 +2796,7 @@ def _hand_over(config, code, path, peer, timeout):
                           len(_TAKEN) + SEAL_OVERHEAD, answers, peer + "@", running)
 
     try:
-        _first_of(["ssh"] + ([] if _wormhole_blocked(config) else ["wormhole"]), send)
+        _first_of(_ways_here(config), send)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -2726,28 +2822,29 @@ def _take_over(config, code, name, size, folder, peer):
         _send_over_ssh(brief, _code_key(code + " answer"), answer, peer + "@", running)
         return got
 
-    return _first_of(["ssh"] + ([] if _wormhole_blocked(config) else ["wormhole"]),
-                     receive)
+    return _first_of(_ways_here(config), receive)
 
 
-def _send_payload(config, via, key, path, sealed, peer, running):
+def _send_payload(config, via, key, path, sealed, peer, running, ahead=None):
     """Send the file at path, sealed under key, to peer (an id) over via
     ("wormhole" or "ssh"; wormhole sends a sealed copy, made at the path
     sealed, whose name the receiver expects); the receiver's word tells if
-    it arrived."""
+    it arrived. ahead: a pub started ahead (see _ssh_ahead), if any."""
     if via == "ssh":
-        _send_over_ssh(config, key, path, peer, running)
+        _send_over_ssh(config, key, path, peer, running, ahead=ahead)
     else:
         _seal_file(key, path, sealed)
         _send_file(config, _wormhole_code(key), sealed, running)
 
 
-def _receive_payload(config, via, key, name, size, folder, peer, running):
+def _receive_payload(config, via, key, name, size, folder, peer, running, ahead=None):
     """Receive a payload of size sealed bytes from peer over via into an
     empty folder, and open it there; the path of what it holds, or
-    TransferError (_Refused when what came was not as announced)."""
+    TransferError (_Refused when what came was not as announced). ahead: a
+    sub started ahead (see _ssh_ahead), if any."""
     if via == "ssh":
-        return _receive_over_ssh(config, key, name + ".pkl", size, folder, peer, running)
+        return _receive_over_ssh(config, key, name + ".pkl", size, folder, peer, running,
+                                 ahead)
     sealed = _receive_file(config, _wormhole_code(key), name, size, folder, running)
     _open_file(key, sealed, sealed + ".pkl")
     os.remove(sealed)
@@ -3144,6 +3241,7 @@ class _Job:
         self.failed = False
         self.abandoned = False
         self.transfers = []  # wormhole and ssh processes moving its payloads
+        self.result_pub = None  # its result's ssh pub, if started ahead
         self.result = None  # once run: sealed bytes for the board, or a sealed file
         self.result_via = "board"
         self.said = 0.0  # when its result was last said
@@ -3232,6 +3330,11 @@ class _Worker(_Member):
         slot.queue.put(job)
         if sealed is None:
             threading.Thread(target=self._receive, args=(job,), daemon=True).start()
+            if job.via == "ssh" == _via(self.transports.can(), job.client_can):
+                # A large task's result is likely large too: while the task
+                # comes and runs, the way back is set up (its client's too).
+                job.result_pub = _ssh_ahead(self.config, "pub", job.result_key,
+                                            job.client, job.transfers)
             return
         try:
             with open(job.task_path, "wb") as f:
@@ -3383,7 +3486,8 @@ class _Worker(_Member):
     def _send_result(self, job):
         try:
             _send_payload(self.config, job.result_via, job.result_key, job.result,
-                          os.path.join(job.folder, "result"), job.client, job.transfers)
+                          os.path.join(job.folder, "result"), job.client, job.transfers,
+                          job.result_pub)
         except TransferError as exc:  # the client's receive tells the truth
             log.debug("sending the result of %s: %s", job.id, exc)
         self.post(self._forget, job)
@@ -3514,6 +3618,7 @@ class _Task:
         self.avoid = set()  # transports that failed it: its next tries go another way
         self.said_unknown = False  # a worker said it lacks our key share (once is free)
         self.transfers = []  # its wormhole and ssh processes, to stop when it moves on
+        self.result_sub = None  # its result's ssh sub, if started ahead
         self.failures = []  # why earlier tries failed
         self.failed_on = set()  # the machines of those tries
 
@@ -3795,6 +3900,9 @@ class _Client(_Member):
             task.sealed = None
             threading.Thread(target=self._send_task, args=(task, task.id),
                              daemon=True).start()
+        # Its worker starts the other end (see _Worker._on_assign).
+        task.result_sub = (_ssh_ahead(self.config, "sub", task.keys[1], slot, task.transfers)
+                           if task.via == "ssh" else None)
         self._say_assign(task)
 
     def _say_assign(self, task, only=None):
@@ -3873,7 +3981,7 @@ class _Client(_Member):
         folder = tempfile.mkdtemp(dir=self.scratch)
         try:
             got = _receive_payload(self.config, via, task.keys[1], "result", size,
-                                   folder, task.slot, task.transfers)
+                                   folder, task.slot, task.transfers, task.result_sub)
         except TransferError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             self.post(self._result_lost, task, via, exc)

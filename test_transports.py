@@ -18,7 +18,7 @@ import time
 import pytest
 
 import p2p
-from localstack import children_of
+from localstack import children_of, wait_until
 from test_getting_started import doctor
 from test_p2p import check_story, host, script, STORY, worker
 from test_protocol import RawPeer, outcome
@@ -43,6 +43,40 @@ def test_p2p_transport_forces_one_way_or_says_what_it_takes(monkeypatch):
     with pytest.raises(p2p.P2PError, match="P2P_TRANSPORT must be auto, wormhole or ssh, "
                                            "not 'pigeon'"):
         p2p.Config()
+
+
+def test_a_transfers_topic_goes_to_ssh_in_a_file_not_on_its_command_line(tmp_path,
+                                                                           monkeypatch):
+    """ssh is given back its own settings (ssh -G) with the command: in a
+    file only its user can read, gone once ssh has ended."""
+    fake = tmp_path / "ssh"
+    fake.write_text(textwrap.dedent("""\
+        #!/bin/sh
+        case " $* " in
+          *" -G "*) [ -n "$NO_G" ] && exit 255; printf 'host x\\nuser ann\\nport 2222\\n' ;;
+          *) echo "$@"; while [ "$1" != -F ] && [ $# -gt 0 ]; do shift; done
+             [ $# -gt 0 ] && cat "$2" && ls -l "$2" ;;
+        esac
+    """))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s%s%s" % (tmp_path, os.pathsep, os.environ["PATH"]))
+    p2p._settings.clear()
+    config = p2p.Config(ssh_args="-o Port=2222")
+    words = ["sub", "p2p-0123", "-p", "-a", "bob", "-c"]
+    process = p2p._ssh(config, "pipe.pico.sh", words, unseen=True)
+    out = process.communicate(timeout=30)[0].decode()
+    argv, rest = out.split("\n", 1)
+    assert "p2p-0123" not in argv and argv.endswith(" pipe.pico.sh")
+    assert rest.startswith("RemoteCommand sub p2p-0123 -p -a bob -c\nuser ann\nport 2222\n")
+    assert "host x" not in rest and rest.split("\n")[3].startswith("-rw------- ")
+    assert not os.path.exists(process.path)
+    # Where ssh cannot say its settings, the command goes on the command line.
+    monkeypatch.setenv("NO_G", "1")
+    p2p._settings.clear()
+    process = p2p._ssh(config, "pipe.pico.sh", words, unseen=True)
+    assert process.communicate(timeout=30)[0].decode().endswith(
+        " pipe.pico.sh sub p2p-0123 -p -a bob -c\n")
+    p2p._settings.clear()
 
 
 def test_a_stream_over_ssh_is_taken_only_whole_and_as_announced(tmp_path, monkeypatch):
@@ -173,9 +207,47 @@ def test_a_map_completes_when_the_wormhole_servers_stop_in_its_middle(stack, gat
     assert b"failed" not in client.output
 
 
+def test_a_large_tasks_way_back_is_set_up_while_it_runs_and_gone_after(stack, gate):
+    """bob's network blocks wormhole: a task that comes over ssh has its
+    result's pub (his worker's) and sub (his client's) on their topic before
+    it ends; a result that rides the board after all leaves none behind."""
+    with stack.wormhole_blocked(bob="refused"):
+        worker(stack, "bob")
+        client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+            import sys, p2p
+
+            def backwards(data, gate=None):
+                if gate is None:
+                    return len(data)  # small: it rides the board
+                with open(gate, "rb", buffering=0) as f:  # until the test opens it
+                    f.read(1)
+                return data[::-1]
+
+            data = bytes(range(256)) * 1000
+            print(p2p.submit(backwards, data).result(120), flush=True)
+            sys.stdin.readline()
+            print(p2p.submit(backwards, data, %r).result(120) == data[::-1])
+        """ % gate.path)])
+    client.expect("256000\n", timeout=120)
+    client.send(b"go\n")
+
+    def way_back():
+        return [clients for clients in stack.channels().values()
+                if sorted(clients) == [("pub", "bob"), ("sub", "bob")]]
+
+    wait_until(way_back, 60, "the result's pub and sub on their topic")
+    gate.open()
+    assert client.wait(120) == 0, client.errors
+    assert client.output == b"256000\nTrue\n"
+    # pico.sh notices a pub killed while it waits for a reader at its next
+    # ping (5 s): the first task's, started ahead, goes then.
+    wait_until(lambda: stack.channels() == {}, 30, "every topic of the two tasks gone")
+
+
 def test_mallory_on_the_topic_of_a_transfer_reads_nothing_and_stops_nothing(stack):
-    """mallory sees the topic of bob's transfer in ps (as anyone on his machine
-    could) and tries it; bob's own peer takes the task."""
+    """The topic of bob's transfer is not in ps, where anyone on his machine
+    could read it; mallory, who learns it all the same, tries it; bob's own
+    peer takes the task."""
     peer = RawPeer(stack, "bob", "personal", "bob@peer:1#1", key=None)
     client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
         import p2p
@@ -187,7 +259,11 @@ def test_mallory_on_the_topic_of_a_transfer_reads_nothing_and_stops_nothing(stac
     assert (assign["via"], assign["of"], assign["can"]) == ("ssh", 0, ["ssh"])
     key = peer.key(assign, b"task")
     topic = p2p._ssh_topic(key)
-    assert children_of(client.process.pid, topic)  # there for all to see
+    wait_until(lambda: stack.channels("public/" + topic) == {
+        "public/" + topic: [("waiting pub", "bob")]}, 30,
+               "bob's pub on the topic")
+    assert children_of(client.process.pid, "pipe.pico.sh")
+    assert not children_of(client.process.pid, topic)
     for verb in ("sub", "pipe"):
         tried = stack.run("mallory", ["ssh", "pipe.pico.sh", verb, topic, "-p"], timeout=20,
                           input="" if verb == "sub" else "p2pS forged\n")

@@ -52,6 +52,7 @@ on its own, so that concurrent writers' long lines interleave often.
 """
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -564,6 +565,18 @@ class Stack:
         """Start argv as user; see Session."""
         return Session(self, user, argv, **kwargs)
 
+    def channels(self, prefix="public/"):
+        """{channel: [(kind, user)...]} of the channels whose names start
+        with prefix (public ones too, which no ls shows), from the board
+        itself: for tests, not for anyone on the stack."""
+        with socket.socket(socket.AF_UNIX) as board:
+            board.settimeout(10)
+            board.connect(self.board_socket)
+            board.sendall(json.dumps({"inspect": prefix}).encode() + b"\n")
+            board.shutdown(socket.SHUT_WR)
+            return {name: [tuple(client) for client in clients]
+                    for name, clients in json.loads(_read_all(board)).items()}
+
     def ls(self, user):
         """What ``ssh pipe.pico.sh ls`` shows the user, CRLF line ends kept."""
         return self.run(user, ["ssh", "pipe.pico.sh", "ls"], text=False).stdout.decode()
@@ -620,6 +633,15 @@ Host pipe.pico.sh pico.sh
 
 
 _WORMHOLE_SERVICES = ("mailbox", "transit", "mailbox-proxy", "transit-proxy")
+
+
+def _read_all(connection):
+    chunks = []
+    while True:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _read(path):

@@ -263,6 +263,10 @@ class Board:
         session = None
         try:
             header = json.loads(await reader.readline())
+            if "inspect" in header:  # a test's question, never a session's
+                writer.write(json.dumps(self.clients(header["inspect"])).encode())
+                await writer.drain()
+                return
             if self.ssh_delay:
                 # The round trips of ssh's set-up on the internet: the session
                 # starts late, whatever it runs; its stdin waits in the socket.
@@ -275,6 +279,18 @@ class Board:
             if session is not None:
                 await session.close()
             writer.close()
+
+    def clients(self, prefix):
+        """{channel: [[kind, user]...]} of the channels whose names start
+        with prefix, which ls may not show (public ones); a pub waiting for
+        a reader is a "waiting pub"."""
+        found = {}
+        for name in list(self.channels) + list(self.waiting):
+            if name.startswith(prefix):
+                found[name] = [[c.kind, c.session.user] for c in self.channels.get(
+                    name, [])] + [["waiting pub", pub.split("(", 1)[1].rsplit("@", 1)[0]]
+                                  for pub in self.waiting.get(name, [])]
+        return found
 
     # Channels and access lists, as the real server resolves them.
 
