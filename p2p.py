@@ -2567,9 +2567,12 @@ def _ssh_topic(key):
     return "p2p-" + hmac.new(key, b"ssh topic", "sha256").hexdigest()[:32]
 
 
-def _pubsub(config, verb, key, peer, held=False):
+def _pubsub(config, verb, key, peer, held=False, ahead=None):
     """Start ``ssh HOST pub|sub TOPIC`` for a payload between us and peer (an
-    id); held: a pub with pico.sh's status lines on its stdout."""
+    id); held: a pub with pico.sh's status lines on its stdout. ahead: the
+    one started ahead (see _ssh_ahead), taken instead while it runs."""
+    if ahead is not None and ahead.poll() is None:
+        return ahead
     user = _user_of(peer)
     if not re.fullmatch(_USER_NAME, user):  # a word of pico.sh's command line
         raise TransferError("the peer %r is not named by a pico.sh user" % peer[:80])
@@ -2633,8 +2636,7 @@ def _send_over_ssh(config, key, path, peer, running, held=False, ahead=None):
     in pico.sh when we give up. ahead: its pub, if one was started ahead."""
     size = os.path.getsize(path) + SEAL_OVERHEAD
     # Sealed on the way: while ssh sets up its session, not before.
-    process = (ahead if ahead is not None and ahead.poll() is None else
-               _pubsub(config, "pub", key, peer, held=held))
+    process = _pubsub(config, "pub", key, peer, held, ahead)
     with _watched(process, _transfer_time(config, size), running) as expired:
         try:
             while held and not process.stdout.readline().startswith(b"sending msg"):
@@ -2680,8 +2682,7 @@ def _receive_over_ssh(config, key, name, size, folder, peer, running, ahead=None
     # A peer that announces a large payload and sends nothing, or stops,
     # is given up on after P2P_TIMEOUT seconds of silence, whatever its size.
     timeout = _transfer_time(config, size)
-    process = (ahead if ahead is not None and ahead.poll() is None else
-               _pubsub(config, "sub", key, peer))
+    process = _pubsub(config, "sub", key, peer, ahead=ahead)
     stream, errors, path = _Counted(process.stdout), "", os.path.join(folder, name)
     with _watched(process, timeout, running, stream, config.timeout) as expired:
         head = stream.read(len(_SSH_MAGIC) + 8)
