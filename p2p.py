@@ -332,13 +332,12 @@ def _ssh(config, host, words, unseen=False, **popen):
     if settings is None:
         return subprocess.Popen(argv + [host] + list(words), **popen)
     # In a file only we can read (ssh closes what it inherits, pipes too).
-    fd, path = tempfile.mkstemp(prefix="ssh-", dir=_private_folder())
-    with os.fdopen(fd, "w") as f:
-        f.write("RemoteCommand %s\n%s" % (" ".join(words).replace("%", "%%"), settings))
+    path = _private_file("RemoteCommand %s\n%s" % (
+        " ".join(words).replace("%", "%%"), settings))
     try:
         return _Unseen(argv + ["-F", path, host], path, **popen)
     except BaseException:
-        os.remove(path)
+        _remove_private_file(path)
         raise
 
 
@@ -351,20 +350,46 @@ class _Unseen(subprocess.Popen):
 
     def wait(self, timeout=None):
         code = super().wait(timeout)
-        with contextlib.suppress(OSError):
-            os.remove(self.path)
+        _remove_private_file(self.path)
         return code
 
 
-_private = []
+# Files of ours that only our user can read, in a folder that lives only while
+# it holds one: a process killed outright leaves nothing in /tmp between tasks.
+_private, _private_lock = {}, threading.Lock()
 
 
-def _private_folder():
-    """A folder of this process's that only its user can read, gone at exit."""
-    if not _private:
-        _private.append(tempfile.mkdtemp(prefix="p2p-"))
-        atexit.register(shutil.rmtree, _private[0], True)
-    return _private[0]
+def _private_file(text):
+    with _private_lock:
+        if not _private:
+            _private[tempfile.mkdtemp(prefix="p2p-")] = set()
+        folder, paths = next(iter(_private.items()))
+        fd, path = tempfile.mkstemp(prefix="ssh-", dir=folder)
+        paths.add(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+def _remove_private_file(path):
+    with _private_lock:
+        folder = os.path.dirname(path)
+        if path not in _private.get(folder, ()):
+            return  # waited for twice
+        _private[folder].discard(path)
+        with contextlib.suppress(OSError):
+            os.remove(path)
+            if not _private[folder]:
+                del _private[folder]
+                os.rmdir(folder)
+
+
+@atexit.register
+def _remove_private_folder():
+    with _private_lock:
+        for folder in _private:
+            shutil.rmtree(folder, True)
+        _private.clear()
 
 
 _settings, _settings_lock = {}, threading.Lock()

@@ -70,6 +70,16 @@ def test_a_transfers_topic_goes_to_ssh_in_a_file_not_on_its_command_line(tmp_pat
     assert rest.startswith("RemoteCommand sub p2p-0123 -p -a bob -c\nuser ann\nport 2222\n")
     assert "host x" not in rest and rest.split("\n")[3].startswith("-rw------- ")
     assert not os.path.exists(process.path)
+    # Its folder, ours alone, lives only while it holds a file: a process
+    # killed outright leaves nothing in /tmp between transfers.
+    two = [p2p._ssh(config, "pipe.pico.sh", words, unseen=True) for _ in range(2)]
+    folder = os.path.dirname(two[0].path)
+    assert os.path.dirname(two[1].path) == folder and os.stat(folder).st_mode & 0o777 == 0o700
+    two[0].communicate(timeout=30)
+    two[0].wait()
+    assert os.path.exists(two[1].path)
+    two[1].communicate(timeout=30)
+    assert not os.path.exists(folder)
     # Where ssh cannot say its settings, the command goes on the command line.
     monkeypatch.setenv("NO_G", "1")
     p2p._settings.clear()
