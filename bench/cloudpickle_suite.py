@@ -5,7 +5,8 @@
 What travels by value is specified by what cloudpickle can send, and its
 tests say that best. This takes them at a tag (from GitHub by default, or
 any clone: --source), and runs the applicable ones twice in a fresh virtual
-environment (psutil, which they need, installed there):
+environment (with what cloudpickle's CI installs for them: psutil, tornado,
+numpy, scipy and its test package):
 
 * as they are, against cloudpickle itself (from the same checkout), for the
   count to compare with;
@@ -140,12 +141,14 @@ def main():
         env = os.path.join(work, "env")
         run([sys.executable, "-m", "venv", "--system-site-packages", env])
         python = os.path.join(env, "bin", "python")
-        run([python, "-m", "pip", "install", "-q", "psutil", "pytest"],
-            stdout=subprocess.DEVNULL)
         counts = {}
         for who in ("cloudpickle", "p2p"):
             tree = os.path.join(work, who)
             checkout(args.source, args.tag, tree)
+            if who == "cloudpickle":  # what cloudpickle's CI installs for them
+                run([python, "-m", "pip", "install", "-q", "psutil", "pytest", "tornado",
+                     "numpy", "scipy", os.path.join(tree, "tests", "cloudpickle_testpkg")],
+                    stdout=subprocess.DEVNULL)
             if who == "p2p":
                 adapt(tree)
             counts[who] = suite(python, tree, os.path.join(work, who + ".xml"))
