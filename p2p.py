@@ -409,14 +409,43 @@ def _ssh_settings(argv, host):
                                   capture_output=True, timeout=10)
         except (OSError, subprocess.SubprocessError):
             said = None
-        lines = [line for line in (said.stdout.decode(errors="replace").splitlines()
-                                   if said and said.returncode == 0 else [])
+        lines = [_ssh_setting(line) for line in (
+                     said.stdout.decode(errors="replace").splitlines()
+                     if said and said.returncode == 0 else [])
                  if line.split(" ", 1)[0] not in ("host", "remotecommand")]
         _settings[key] = "".join(line + "\n" for line in lines) or None
         if not lines:
             log.debug("ssh -G %s did not say what ssh's settings are: transfers' "
                       "topics show in ps", host)
     return _settings[key]
+
+
+# ssh -G prints values unquoted, but reads a space as the end of one: a path
+# with a space in it (macOS's "Application Support") must be quoted again.
+_SSH_PATHS = {"identityfile", "certificatefile", "controlpath", "identityagent",
+              "revokedhostkeys", "xauthlocation", "securitykeyprovider",
+              "pkcs11provider"}
+_SSH_PATH_LISTS = {"userknownhostsfile", "globalknownhostsfile"}
+
+
+def _ssh_setting(line):
+    """A line of ``ssh -G``'s output, as a line of an ssh config file."""
+    keyword, _, value = line.partition(" ")
+    if keyword in _SSH_PATHS:
+        paths = [value]
+    elif keyword in _SSH_PATH_LISTS:
+        # Where the list is ambiguous, a word that starts no path of its own
+        # ("b/kh" after "/tmp/a") goes on with the one before it.
+        paths = []
+        for word in value.split(" "):
+            if paths and not word.startswith(("/", "~", "%")):
+                paths[-1] += " " + word
+            else:
+                paths.append(word)
+    else:
+        return line
+    return keyword + "".join(' "%s"' % path.replace("\\", "\\\\").replace('"', '\\"')
+                             for path in paths)
 
 
 def _ssh_output(config, host, words, timeout=30.0):

@@ -45,6 +45,27 @@ def test_p2p_transport_forces_one_way_or_says_what_it_takes(monkeypatch):
         p2p.Config()
 
 
+def test_ssh_reads_back_its_settings_with_spaces_in_paths(tmp_path):
+    """What ssh -G says, written back with -F, means the same to ssh: a key or
+    known-hosts file in a folder with a space in its name included."""
+    folder = tmp_path / "Application Support"
+    argv = ["ssh", "-o", 'IdentityFile="%s/id key"' % folder,
+            "-o", 'UserKnownHostsFile="%s/known hosts" ~/.ssh/known_hosts2' % folder,
+            "-o", 'CertificateFile="%s/a \\"quoted\\" name"' % folder,
+            "-o", "Port=2222"]
+    p2p._settings.clear()
+    settings = p2p._ssh_settings(argv, "example.com")
+    assert 'identityfile "%s/id key"' % folder in settings.splitlines()
+    config = tmp_path / "config"
+    config.write_text(settings)
+
+    def said(argv):
+        out = subprocess.run(argv + ["-G", "example.com"], capture_output=True,
+                             check=True, timeout=30).stdout.decode()
+        return sorted(line for line in out.splitlines() if not line.startswith("host "))
+    assert said(["ssh", "-F", str(config)]) == said(argv)
+
+
 def test_a_transfers_topic_goes_to_ssh_in_a_file_not_on_its_command_line(tmp_path,
                                                                            monkeypatch):
     """ssh is given back its own settings (ssh -G) with the command: in a
