@@ -35,6 +35,7 @@ member once (``python -m p2p invite alice/p2p bob``, then bob's ``python
 every payload key depends on it, so strangers on the board can do nothing.
 """
 
+import abc
 import argparse
 import atexit
 import base64
@@ -44,6 +45,8 @@ import concurrent.futures
 import contextlib
 import copy
 import dis
+import enum
+import functools
 import hashlib
 import hmac
 import importlib
@@ -72,6 +75,7 @@ import traceback
 import types
 import urllib.parse
 import warnings
+import weakref
 
 try:
     import resource
@@ -1280,17 +1284,41 @@ def _fits(value, kind):
 def _importable(obj):
     """True when pickle can send obj by reference (module + qualified name)."""
     module_name = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", "")
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "")
     if module_name in (None, "__main__") or "<" in qualname:
         return False
     found = sys.modules.get(module_name)
+    if not _module_by_reference(found):
+        return False
     for part in qualname.split("."):
         found = getattr(found, part, None)
     return found is obj
 
 
+def _module_by_reference(module):
+    """True when module can be imported by name on another machine: it was
+    imported (not made at run time), or made by its package as it was; and
+    __main__, which is there everywhere (its functions go by value)."""
+    if not isinstance(module, types.ModuleType):
+        return False
+    name = module.__name__
+    if name == "__main__":
+        return True
+    if sys.modules.get(name) is not module:
+        return False
+    if getattr(module, "__spec__", None) is not None or "__file__" in vars(module):
+        return True
+    package = name.rpartition(".")[0]
+    return bool(package) and _module_by_reference(sys.modules.get(package))
+
+
 class _Pickler(pickle.Pickler):
     """Pickles what plain pickle refuses: lambdas, closures, __main__ code.
+
+    Functions, classes, modules and TypeVars that another interpreter could
+    not import go by value, the rest by reference. A class sent by value
+    keeps its identity: loaded twice in one process, it is one class, and
+    back where it came from, it is the class it was (see _tracked).
 
     home=True pickles a worker's outcome for its client: a class of
     __main__ (the client's, sent by value) goes by name, to be the client's
@@ -1308,29 +1336,65 @@ class _Pickler(pickle.Pickler):
         self.namespaces = {}
 
     def reducer_override(self, obj):
-        if self.home and isinstance(obj, BaseException) and _plain_reduce(type(obj)):
+        kind = type(obj)
+        if self.home and isinstance(obj, BaseException) and _plain_reduce(kind):
             reduced = obj.__reduce__()  # (class, args[, state]), as BaseException's
-            if type(reduced) is tuple and len(reduced) in (2, 3) and reduced[0] is type(obj):
+            if type(reduced) is tuple and len(reduced) in (2, 3) and reduced[0] is kind:
                 return _exception, (reduced + (None,))[:3]
-        if (self.home and isinstance(obj, type) and obj.__module__ == "__main__"
-                and "<locals>" not in obj.__qualname__ and not _importable(obj)):
-            return _home_class, (obj.__module__, obj.__qualname__)
-        if isinstance(obj, types.FunctionType) and not _importable(obj):
+        if kind is types.FunctionType:
+            if _importable(obj):
+                return NotImplemented
             self.by_value = True
-            namespace = self.namespaces.setdefault(id(obj.__globals__), {})
-            return _reduce_function(obj, namespace)
-        if isinstance(obj, type) and not _importable(obj):
+            return _reduce_function(obj, self._namespace(obj.__globals__))
+        if isinstance(obj, type):
+            if _importable(obj):
+                return NotImplemented
+            if self.home and (obj in _arrived or obj.__module__ == "__main__"
+                              and "<locals>" not in obj.__qualname__):
+                return _home_class, (obj.__module__, obj.__qualname__,
+                                     _tracking_ids.get(obj))
+            if not obj.__flags__ & _HEAPTYPE:
+                return _reduce_builtin_type(obj)
             self.by_value = True
             return _reduce_class(obj)
-        if isinstance(obj, types.ModuleType):
-            return _import_module, (obj.__name__,)
-        if isinstance(obj, (staticmethod, classmethod)):
-            return type(obj), (obj.__func__,)
-        if isinstance(obj, property):
-            return property, (obj.fget, obj.fset, obj.fdel, obj.__doc__)
-        if isinstance(obj, types.MappingProxyType):  # e.g. in a dataclass's fields
-            return types.MappingProxyType, (dict(obj),)
-        return NotImplemented
+        reduce = _reducers().get(kind)
+        if reduce is None:
+            if not isinstance(obj, (classmethod, staticmethod, property)):
+                return NotImplemented
+            reduce = _reducers()[kind.__mro__[1]]  # abc's abstract ones
+        if kind is types.ModuleType and not _module_by_reference(obj):
+            self.by_value = True
+        return reduce(obj)
+
+    def _namespace(self, globals_):
+        """What stands for a function's globals in this payload: one dict
+        for the functions of a module, the module's own if it goes by value."""
+        if id(globals_) not in self.namespaces:
+            module = sys.modules.get(globals_.get("__name__"))
+            dynamic = getattr(module, "__dict__", None) is globals_ and not (
+                _module_by_reference(module))
+            self.namespaces[id(globals_)] = _Namespace(module) if dynamic else {}
+        return self.namespaces[id(globals_)]
+
+    def dump(self, obj):
+        try:
+            return super().dump(obj)
+        except RecursionError:
+            raise pickle.PicklingError(
+                "it is nested too deeply to pickle (deep recursion): an object that "
+                "refers to itself through __getattr__ or __reduce__, or a chain of "
+                "some %d objects; send a flatter one" % sys.getrecursionlimit()) from None
+
+
+class _Namespace:
+    """The globals of functions of a module made at run time: the module's
+    __dict__ where it arrives, so that its functions see its globals."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __reduce__(self):
+        return vars, (self.module,)
 
 
 def _dump(obj, file, home=False):
@@ -1345,6 +1409,34 @@ def _dumps(obj, home=False):
     buffer = io.BytesIO()
     by_value = _dump(obj, buffer, home)
     return buffer.getvalue(), by_value
+
+
+# A class or TypeVar sent by value carries an id, the same wherever it goes:
+# an interpreter that has it already (it sent it, or loaded it before) uses
+# its own, so that instances that come back, or came in two tasks, are of
+# one class (isinstance, ``is`` for an enum's members).
+_tracked = weakref.WeakValueDictionary()  # id -> class or TypeVar
+_tracking_ids = weakref.WeakKeyDictionary()  # class or TypeVar -> id
+_tracking_lock = threading.Lock()
+
+
+def _tracking_id(obj):
+    with _tracking_lock:
+        if obj not in _tracking_ids:
+            _tracking_ids[obj] = secrets.token_hex(16)
+            _tracked[_tracking_ids[obj]] = obj
+        return _tracking_ids[obj]
+
+
+def _track(obj, tracking_id):
+    """The object tracked under tracking_id if there is one, else obj, tracked."""
+    with _tracking_lock:
+        known = _tracked.get(tracking_id)
+        if known is not None:
+            return known, False
+        _tracked[tracking_id] = obj
+        _tracking_ids[obj] = tracking_id
+        return obj, True
 
 
 class _EmptyCell:
@@ -1363,17 +1455,50 @@ def _global_names(code):
     return names
 
 
+def _attribute_names(code):
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _attribute_names(const)
+    return names
+
+
+def _submodules(code, values):
+    """The submodules that code reaches through the attributes of modules
+    among values, its globals and closure (``xml.etree.ElementTree.parse``
+    with only ``import xml`` at hand): elsewhere, only their import puts
+    them there."""
+    roots = {value.__name__ for value in values if isinstance(value, types.ModuleType)}
+    if not roots:
+        return []
+    attributes = _attribute_names(code)
+    return sorted(name for name, module in list(sys.modules.items())
+                  if "." in name and name.partition(".")[0] in roots and isinstance(
+                      module, types.ModuleType) and _module_by_reference(module)
+                  and set(name.split(".")[1:]) <= attributes)
+
+
 def _reduce_function(func, namespace):
     cells = [c.cell_contents if _cell_filled(c) else _EmptyCell
              for c in func.__closure__ or ()]
     known = func.__globals__
+    names = sorted(_global_names(func.__code__))
+    found = {sys.intern(n): known[n] for n in names if n in known}
+    # Relative imports in the function need its package.
+    found.update((n, _interned(known[n])) for n in ("__package__", "__name__") if n in known)
     state = {
-        "globals": {n: known[n] for n in _global_names(func.__code__) if n in known},
+        "globals": found, "submodules": _submodules(func.__code__, list(found.values()) + cells),
         "defaults": func.__defaults__, "kwdefaults": func.__kwdefaults__,
-        "closure": cells, "dict": func.__dict__, "module": func.__module__,
-        "qualname": func.__qualname__, "doc": func.__doc__,
+        "closure": cells, "dict": {sys.intern(k): _interned(v) for k, v in func.__dict__.items()}, "module": _interned(func.__module__),
+        "qualname": _interned(func.__qualname__), "doc": func.__doc__,
+        "annotations": func.__annotations__,
     }
-    args = (PY, marshal.dumps(func.__code__), func.__name__, len(cells), namespace)
+    # Marshal's version 2 says the same of a code object each time (3 and 4
+    # mark what is shared by reference counts) and interned names are one
+    # object wherever they occur: a function pickles to the same bytes in
+    # every process, so that caches keyed by a pickle's bytes work.
+    args = (PY, marshal.dumps(func.__code__, 2), sys.intern(func.__name__), len(cells),
+            namespace)
     # State comes after the function is memoized, so recursion resolves.
     return _make_function, args, state, None, None, _fill_function
 
@@ -1392,10 +1517,12 @@ def _make_function(py, code, name, ncells, namespace):
                        "on Python %s" % (py, PY))
     cells = tuple(types.CellType() for _ in range(ncells))
     namespace.setdefault("__builtins__", builtins)
-    return types.FunctionType(marshal.loads(code), namespace, name, None, cells)
+    return types.FunctionType(marshal.loads(code), namespace, name, None, cells or None)
 
 
 def _fill_function(func, state):
+    for name in state.get("submodules", ()):
+        importlib.import_module(name)
     func.__globals__.update(state["globals"])
     func.__defaults__ = state["defaults"]
     func.__kwdefaults__ = state["kwdefaults"]
@@ -1406,20 +1533,49 @@ def _fill_function(func, state):
     func.__module__ = state["module"]
     func.__qualname__ = state["qualname"]
     func.__doc__ = state["doc"]
+    func.__annotations__ = state.get("annotations", {})
 
 
 def _reduce_class(cls):
-    slots = getattr(cls, "__slots__", ())
-    slots = (slots,) if isinstance(slots, str) else tuple(slots)
-    # The metaclass makes these anew (ABCMeta's cache, for one).
-    skip = ("__dict__", "__weakref__", "_abc_impl") + slots
-    attrs = {k: v for k, v in vars(cls).items() if k not in skip}
-    args = (type(cls), cls.__name__, cls.__qualname__, cls.__module__, cls.__bases__,
-            {"__slots__": slots} if slots else {})
+    slots = vars(cls).get("__slots__", ())
+    names = (slots,) if isinstance(slots, str) else tuple(slots)
+    members = {}
+    if isinstance(cls, enum.EnumMeta):
+        members = {name: member._value_ for name, member in vars(cls)["_member_map_"].items()}
+    # The metaclass makes these anew (ABCMeta's cache, for one), or made them.
+    skip = {"__dict__", "__weakref__", "_abc_impl", "__doc__", "__slots__", "__orig_bases__",
+            "__module__"}
+    skip.update(names, members)
+    if members:  # the enum's own tables, made anew with it
+        skip.update(k for k, v in vars(cls).items() if k[:1] == k[-1:] == "_" and k[1:2] != "_"
+                    and not isinstance(v, (types.FunctionType, classmethod, staticmethod)))
+    attrs = {sys.intern(k): _interned(v) for k, v in sorted(vars(cls).items()) if k not in skip}
+    if isinstance(cls, abc.ABCMeta) and hasattr(abc, "_get_dump"):
+        registered = [ref() for ref in abc._get_dump(cls)[0]]
+        attrs["_abc_registered"] = sorted(filter(None, registered), key=_class_key)
+    # What the metaclass and bases look for as the class is made.
+    namespace = {k: vars(cls)[k] for k in ("__slots__", "__orig_bases__") if k in vars(cls)}
+    namespace["__doc__"] = cls.__doc__
+    args = (type(cls), sys.intern(cls.__name__), sys.intern(cls.__qualname__),
+            _interned(cls.__module__), cls.__bases__, namespace, members, _tracking_id(cls))
     return _make_class, args, attrs, None, None, _fill_class
 
 
-def _make_class(metaclass, name, qualname, module, bases, namespace):
+def _interned(value):
+    """value, interned if a str: one object wherever it is, so that pickle's
+    memo makes the same bytes of it in every process (see _reduce_function)."""
+    return sys.intern(value) if type(value) is str else value
+
+
+def _class_key(cls):
+    return cls.__module__, cls.__qualname__
+
+
+_arrived = weakref.WeakSet()  # the classes _make_class made here
+
+
+def _make_class(metaclass, name, qualname, module, bases, namespace, members=None,
+                tracking_id=None):
     # Back home (a result on the client), a class is the client's own class,
     # so ``except MyError`` and isinstance() work.
     home = sys.modules.get(module)
@@ -1427,18 +1583,166 @@ def _make_class(metaclass, name, qualname, module, bases, namespace):
         home = getattr(home, part, None)
     if isinstance(home, type) and home.__name__ == name:
         return home
-    namespace = dict(namespace, __module__=module, __qualname__=qualname)
-    return metaclass(name, bases, namespace)
+    if tracking_id in _tracked:
+        return _tracked[tracking_id]
+    prepared = metaclass.__prepare__(name, bases)
+    for key, value in itertools.chain(  # one by one: an enum's _EnumDict counts them
+            dict(namespace, __module__=module, __qualname__=qualname).items(),
+            (members or {}).items()):
+        prepared[key] = value
+    cls = metaclass(name, bases, prepared)
+    cls, new = _track(cls, tracking_id) if tracking_id else (cls, True)
+    if new:
+        _arrived.add(cls)
+    return cls
 
 
 def _fill_class(cls, attrs):
+    # A class that came before is given what this payload says it has (its
+    # methods with this task's globals: a worker keeps nothing of a task's
+    # but its classes); one made here keeps what it has.
+    if cls not in _arrived:
+        return
+    enum_made = isinstance(cls, enum.EnumMeta) and vars(cls)
     for key, value in attrs.items():
-        if key not in vars(cls):
+        if key == "_abc_registered":
+            for registered in value:
+                cls.register(registered)
+        elif not (enum_made and key in enum_made):
             setattr(cls, key, value)
+
+
+def _reduce_builtin_type(cls):
+    """A type made in C is never sent by value: it is named by a module that
+    has it (types.MappingProxyType for mappingproxy), or made from its one
+    instance (NoneType)."""
+    for single in (None, NotImplemented, Ellipsis):
+        if cls is type(single):
+            return type, (single,)
+    place = _builtin_places().get(cls)
+    if place is None:
+        raise pickle.PicklingError(
+            "the built-in type %s.%s is in no module that another interpreter could "
+            "import it from" % (cls.__module__, cls.__qualname__))
+    return _builtin_type, place
+
+
+def _builtin_type(module, name):
+    return getattr(importlib.import_module(module), name)
+
+
+_PLACES = {}  # built-in type -> (module, name), once needed
+
+
+def _builtin_places():
+    if not _PLACES:
+        for module in ("_collections_abc", "types", "builtins", "collections", "io",
+                       "functools", "itertools", "weakref"):
+            for name, value in sorted(vars(importlib.import_module(module)).items()):
+                if isinstance(value, type) and not name.startswith("__"):
+                    _PLACES.setdefault(value, (module, name))
+    return _PLACES
+
+
+def _reduce_module(module):
+    if _module_by_reference(module):
+        return _import_module, (module.__name__,)
+    state = {k: v for k, v in sorted(vars(module).items()) if k != "__builtins__"}
+    return _make_module, (module.__name__,), state
 
 
 def _import_module(name):
     return importlib.import_module(name)
+
+
+def _make_module(name):
+    module = types.ModuleType(name)
+    module.__builtins__ = builtins
+    return module
+
+
+def _reduce_typevar(var):
+    if _importable(var):
+        return NotImplemented
+    return _make_typevar, (var.__name__, var.__bound__, var.__constraints__,
+                           var.__covariant__, var.__contravariant__, _tracking_id(var))
+
+
+def _make_typevar(name, bound, constraints, covariant, contravariant, tracking_id):
+    import typing
+    var = typing.TypeVar(name, *constraints, bound=bound, covariant=covariant,
+                         contravariant=contravariant)
+    return _track(var, tracking_id)[0]
+
+
+def _reduce_cached(func):
+    """A functools.lru_cache of a function sent by value: the cache made anew."""
+    if _importable(func):
+        return NotImplemented
+    parameters = func.cache_parameters()
+    return _make_cached, (func.__wrapped__, parameters["maxsize"], parameters["typed"])
+
+
+def _make_cached(func, maxsize, typed):
+    return functools.lru_cache(maxsize, typed)(func)
+
+
+def _reduce_stream(stream):
+    for name in ("stdout", "stderr", "stdin"):
+        if stream is getattr(sys, name) or stream is getattr(sys, "__%s__" % name):
+            return _std_stream, (name,)
+    return NotImplemented  # pickle says it cannot pickle an open file
+
+
+def _std_stream(name):
+    return getattr(sys, name)
+
+
+def _dict_view(view, mapping):
+    return getattr(mapping, view)()
+
+
+def _memoryview(data, format, shape):
+    return memoryview(data).cast("B").cast(format, shape)
+
+
+def _class_attribute(cls, name):
+    return vars(cls)[name]
+
+
+_REDUCERS = {}  # type -> how its objects are pickled, where pickle cannot
+
+
+def _reducers():
+    if _REDUCERS:
+        return _REDUCERS
+    import dataclasses
+    import typing
+    table = {
+        types.ModuleType: _reduce_module, typing.TypeVar: _reduce_typevar,
+        staticmethod: lambda f: (type(f), (f.__func__,)),
+        classmethod: lambda f: (type(f), (f.__func__,)),
+        property: lambda p: (type(p), (p.fget, p.fset, p.fdel, p.__doc__)),
+        types.MappingProxyType: lambda m: (types.MappingProxyType, (dict(m),)),
+        memoryview: lambda m: (_memoryview, (m.tobytes() if m.readonly else
+                                             bytearray(m.tobytes()), m.format, m.shape)),
+        types.GetSetDescriptorType: lambda d: (_class_attribute, (d.__objclass__, d.__name__)),
+        types.MemberDescriptorType: lambda d: (_class_attribute, (d.__objclass__, d.__name__)),
+        weakref.WeakSet: lambda s: (weakref.WeakSet, (list(s),)),
+        types.MethodType: lambda m: (types.MethodType, (m.__func__, m.__self__)),
+        functools._lru_cache_wrapper: _reduce_cached,
+        dataclasses._FIELD_BASE: lambda f: (getattr, (dataclasses, f.name)),
+    }
+    for stream in (sys.stdout, sys.stderr, sys.stdin, sys.__stdout__):
+        if isinstance(stream, io.TextIOWrapper):
+            table.setdefault(type(stream), _reduce_stream)
+    for mapping in (dict, collections.OrderedDict):
+        table[type(mapping().keys())] = lambda v, m=mapping: (_dict_view, ("keys", m.fromkeys(v)))
+        table[type(mapping().values())] = lambda v, m=mapping: (
+            _dict_view, ("values", m(enumerate(v))))
+        table[type(mapping().items())] = lambda v, m=mapping: (_dict_view, ("items", m(v)))
+    _REDUCERS.update(table)
+    return _REDUCERS
 
 
 def _plain_reduce(cls):
@@ -1535,10 +1839,14 @@ def _own_class(module, qualname):
     return None
 
 
-def _home_class(module, qualname):
+def _home_class(module, qualname, tracking_id=None):
     """The client's own class module.qualname, as a worker's outcome names
-    the classes of __main__ (which reached the worker by value)."""
-    found = _own_class(module, qualname)
+    the classes that reached it by value: the one sent with the tracking id
+    (see _tracked), a class of __main__ by name where none was."""
+    found = _tracked.get(tracking_id) if isinstance(tracking_id, str) else None
+    if not (isinstance(found, type) and found.__module__ == module
+            and found.__qualname__ == qualname):
+        found = _own_class(module, qualname)
     if found is None:
         raise TransferError("it holds a %s.%s, a class this program does not define"
                             % (_label(module), _label(qualname)))
@@ -2779,12 +3087,13 @@ def _receive_over_ssh(config, key, name, size, folder, peer, running, ahead=None
 
 
 HAND_OVER_WAIT = 20.0  # seconds a receiver waits over ssh for what a code hands over
-_TAKEN = b"taken"  # a receiver's answer to a hand-over over ssh
+_TAKEN = b"taken"  # a receiver's answer to a hand-over
 
 
-def _code_key(code):
-    """The key that seals what is handed over with a one-time code over ssh."""
-    return hmac.new(code.encode(), b"p2p hand-over", "sha256").digest()
+def _code_key(code, what="hand-over"):
+    """The key that seals what is handed over with a one-time code (and the
+    receiver's answer, what="answer by WAY")."""
+    return hmac.new(code.encode(), b"p2p " + what.encode(), "sha256").digest()
 
 
 def _first_of(ways, attempt):
@@ -2827,28 +3136,27 @@ def _hand_over(config, code, path, peer, timeout):
     lets through we cannot know); return once one of them has delivered it,
     or raise TransferError with what each said.
 
-    Over ssh nothing says who read it, so it counts as delivered only when
-    its receiver answers, over ssh too, with an answer sealed under the code:
-    a stranger who got onto the topic first (reading it from ps) has the
-    sealed bytes, and no word of ours that bob joined.
+    Both ways carry it sealed under the code, and wormhole's own code comes
+    from it: ps shows nothing that opens it. Neither way says who took it,
+    so it counts as delivered only when its receiver answers over ssh,
+    sealed under the code: a stranger who took the sealed bytes first has
+    nothing, and no word of ours that bob joined.
     """
     patient, brief = copy.copy(config), copy.copy(config)
     patient.timeout, brief.timeout = timeout, HAND_OVER_WAIT
     folder = tempfile.mkdtemp(prefix="p2p-hand-over-")
 
     def send(way, running):
+        here = os.path.join(folder, way)
+        os.mkdir(here)
         if way == "wormhole":
-            shutil.copy(path, os.path.join(folder, os.path.basename(path)))
-            _wormhole(patient, ["send", "--hide-progress", "--code", code,
-                                os.path.basename(path)], folder, timeout, running=running)
-            return
-        if not _send_over_ssh(patient, _code_key(code), path, peer + "@", running,
-                              held=True):
+            _send_payload(patient, way, _code_key(code), path,
+                          os.path.join(here, os.path.basename(path)), peer + "@", running)
+        elif not _send_over_ssh(patient, _code_key(code), path, peer + "@", running,
+                                held=True):
             raise TransferError("ssh pub did not finish within %.0fs, or failed" % timeout)
-        answers = os.path.join(folder, "answer")
-        os.mkdir(answers)
-        _receive_over_ssh(brief, _code_key(code + " answer"), "answer",
-                          len(_TAKEN) + SEAL_OVERHEAD, answers, peer + "@", running)
+        _receive_over_ssh(brief, _code_key(code, "answer by " + way), "answer",
+                          len(_TAKEN) + SEAL_OVERHEAD, here, peer + "@", running)
 
     try:
         _first_of(_ways_here(config), send)
@@ -2859,7 +3167,8 @@ def _hand_over(config, code, path, peer, timeout):
 def _take_over(config, code, name, size, folder, peer):
     """Receive the file name of size bytes that peer (a pico user) hands over
     with code (see _hand_over) into an empty folder, by whichever way comes
-    first; its path, or TransferError with what each way said."""
+    first, and answer that it came; its path, or TransferError with what
+    each way said."""
     # Its sender offers it before the code is out: it is there by now, or never.
     brief = copy.copy(config)
     brief.timeout = min(config.timeout, HAND_OVER_WAIT)
@@ -2867,14 +3176,13 @@ def _take_over(config, code, name, size, folder, peer):
     def receive(way, running):
         into = os.path.join(folder, way)
         os.mkdir(into)
-        if way == "wormhole":
-            return _receive_file(config, code, name, size, into, running)
-        got = _receive_over_ssh(brief, _code_key(code), name, size + SEAL_OVERHEAD, into,
-                                peer + "@", running)
+        got = _receive_payload(brief if way == "ssh" else config, way, _code_key(code),
+                               name, size + SEAL_OVERHEAD, into, peer + "@", running)
         answer = os.path.join(into, "answer")
         with open(answer, "wb") as f:
             f.write(_TAKEN)
-        _send_over_ssh(brief, _code_key(code + " answer"), answer, peer + "@", running)
+        _send_over_ssh(brief, _code_key(code, "answer by " + way), answer, peer + "@",
+                       running)
         return got
 
     return _first_of(_ways_here(config), receive)
@@ -2979,15 +3287,21 @@ class _Transports:
     starts, after a wormhole transfer failed and every PROBE_AGAIN; and not
     after FAILURES of its transfers in a row failed with its servers up (a
     proxy that stalls it), until the next look. P2P_TRANSPORT forces one.
+
+    Failures with one other pico user alone never count: a member gone bad
+    who asks for transfers and never turns up would otherwise switch us to
+    ssh for everyone, again and again. With our own user (a personal
+    cluster's peers) they do.
     """
 
     FAILURES = 2
 
-    def __init__(self, config):
+    def __init__(self, config, user):
         self.config = config
+        self.user = user
         self.forced = None if config.transport == "auto" else config.transport
         self.why = None  # why wormhole is out, None while it is in
-        self._failures = 0
+        self._failed_with = []  # the users of the peers of the failures in a row
         self._looked_at = 0.0
         self._looked = threading.Event()
         self._lock = threading.Lock()
@@ -3009,9 +3323,9 @@ class _Transports:
         why = _wormhole_blocked(self.config)
         with self._lock:
             self._looking, self._looked_at = False, time.monotonic()
-            if why is None and self._failures >= self.FAILURES:
-                why = "%d wormhole transfers in a row failed" % self._failures
-            self._failures = 0 if why else self._failures
+            if why is None and self._failures_count():
+                why = "%d wormhole transfers in a row failed" % len(self._failed_with)
+            self._failed_with = [] if why else self._failed_with
             if why != self.why:
                 log.info("wormhole: %s", "works" if why is None else "out (%s): large "
                          "payloads go over ssh" % why)
@@ -3027,15 +3341,20 @@ class _Transports:
             self.look()
         return ["ssh"] if self.why else list(_WAYS)
 
-    def failed(self):
-        """A wormhole transfer failed: look again (and count it)."""
+    def failed(self, peer):
+        """A wormhole transfer with peer (an id) failed: look again (and count it)."""
         with self._lock:
-            self._failures += 1
+            self._failed_with.append(_user_of(peer))
         self.look()
+
+    def _failures_count(self):
+        users = set(self._failed_with)
+        return len(self._failed_with) >= self.FAILURES and (
+            len(users) > 1 or users == {self.user})
 
     def worked(self):
         with self._lock:
-            self._failures = 0
+            self._failed_with = []
 
 
 def _release_file():
@@ -3314,7 +3633,7 @@ class _Worker(_Member):
         ids = ["%s#%d" % (self.id, n + 1) for n in range(slots)]
         self.slots = {slot_id: _Slot(slot_id) for slot_id in ids}
         self.share = _KeyShare()
-        self.transports = _Transports(config)
+        self.transports = _Transports(config, user)
         self.jobs = {}  # task id -> _Job
         self.assembly = _Assembly()
         self.scratch = tempfile.mkdtemp(prefix="p2p-worker-")
@@ -3459,7 +3778,7 @@ class _Worker(_Member):
             os.replace(got, job.task_path)
         except (TransferError, OSError) as exc:
             if job.via == "wormhole" and not job.abandoned and not isinstance(exc, _Refused):
-                self.transports.failed()
+                self.transports.failed(job.client)
             self.post(self._lost, job, exc)
         else:
             if job.via == "wormhole":
@@ -3718,7 +4037,7 @@ class _Client(_Member):
             self.board, self.inbox, self._preconnected = board, board.inbox, True
         self.retries = retries
         self.share = _KeyShare()
-        self.transports = _Transports(config)
+        self.transports = _Transports(config, user)
         self.scratch = tempfile.mkdtemp(prefix="p2p-client-")
         self.slots = {}  # worker slot id -> _SlotView
         self.queue = collections.deque()  # queued tasks
@@ -4025,7 +4344,7 @@ class _Client(_Member):
                               os.path.join(folder, "task"), task.slot, task.transfers)
         except TransferError as exc:
             if task.id == try_id and task.via == "wormhole" and not isinstance(exc, _Refused):
-                self.transports.failed()  # what we saw ourselves, not a worker's word
+                self.transports.failed(task.slot)  # what we saw, not a worker's word
             log.debug("sending task %s: %s (the worker's answer decides)", try_id, exc)
         except (OSError, P2PError) as exc:
             self.post(self._retry, task, "cannot send the task: %s" % exc)
@@ -4052,7 +4371,7 @@ class _Client(_Member):
                 return
             why = "the result did not arrive: %s" % error
             if via == "wormhole":
-                self.transports.failed()
+                self.transports.failed(task.slot)
             self._retry(task, why, failed=not self._switch(task, via, why))
 
     # On the results thread.

@@ -20,6 +20,7 @@ import time
 import pytest
 
 import p2p
+from localstack import wait_until
 from test_localstack import on_channel
 from test_p2p import (check_a_task_runs, host, keys_file, p2p_command, script,
                       tasks_done, worker)
@@ -212,6 +213,44 @@ def test_bob_joins_with_an_invite_and_its_code_is_good_once(stack, name):
     host(stack, cluster, "bob,carol", invited="carol")
     worker(stack, "carol", cluster)
     check_a_task_runs(stack, "bob", cluster, "pow, 2, 5", "32")
+
+
+def command_lines():
+    """The command line of every process on this machine, as ps shows them."""
+    lines = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                lines.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            pass
+    return lines
+
+
+def test_mallory_who_reads_alices_ps_takes_nothing_of_bobs_invitation(stack, name, tmp_path):
+    """alice's invite shows wormhole's code in ps; mallory, on the same
+    machine, takes that transfer first: she gets sealed bytes that open to
+    nothing, alice is not told anyone joined, and bob joins over ssh."""
+    cluster = "alice/" + name
+    inviting = p2p_command(stack, "alice", "invite", cluster, "bob")
+    line = inviting.wait_for(lambda out: out.strip() and out, timeout=30).decode().strip()
+    code = line.split()[-1]
+    shown = wait_until(lambda: [argv for argv in command_lines()
+                                if "wormhole-william send" in argv], 30, "wormhole's send")
+    derived = shown[0].split("--code ")[1].split()[0]
+    assert code not in "\n".join(command_lines()) and derived != code
+    taken = stack.run("mallory", ["wormhole-william", "receive", "--hide-progress", derived],
+                      input="y\n", cwd=tmp_path, timeout=60)
+    assert taken.returncode == 0, taken.stderr
+    sealed = (tmp_path / "invitation").read_bytes()
+    owned = kept(stack, "alice", cluster)[0]
+    assert owned["key"].encode() not in sealed and b"cluster" not in sealed
+    assert inviting.process.poll() is None and b"joined" not in inviting.errors
+    joined = stack.run("bob", [sys.executable, "-m", "p2p", "join", cluster, code], timeout=90)
+    assert joined.returncode == 0, joined.stderr
+    assert inviting.wait(60) == 0, inviting.errors
+    assert b"bob joined %s" % cluster.encode() in inviting.errors
+    assert kept(stack, "bob", cluster)[0]["key"] == owned["key"]
 
 
 def test_an_invite_no_one_takes_lapses_and_its_code_opens_nothing(stack, name):

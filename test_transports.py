@@ -20,8 +20,10 @@ import pytest
 import p2p
 from localstack import children_of, wait_until
 from test_getting_started import doctor
-from test_p2p import check_story, host, script, STORY, worker
+from test_p2p import check_story, host, p2p_command, script, STORY, worker
 from test_protocol import RawPeer, outcome
+
+WAYS = list(p2p._WAYS)
 
 
 # -- units ------------------------------------------------------------------------------
@@ -38,7 +40,7 @@ def test_a_large_payload_goes_the_first_way_both_peers_can():
 def test_p2p_transport_forces_one_way_or_says_what_it_takes(monkeypatch):
     for way in ("ssh", "wormhole"):
         monkeypatch.setenv("P2P_TRANSPORT", " %s " % way.upper())
-        assert p2p._Transports(p2p.Config()).can() == [way]
+        assert p2p._Transports(p2p.Config(), "alice").can() == [way]
     monkeypatch.setenv("P2P_TRANSPORT", "pigeon")
     with pytest.raises(p2p.P2PError, match="P2P_TRANSPORT must be auto, wormhole or ssh, "
                                            "not 'pigeon'"):
@@ -350,6 +352,64 @@ def test_results_over_ssh_cut_short_too_long_or_forged_are_refused_and_retried(
     assert "its result was refused: the payload over ssh is longer than the %d bytes " \
         "announced; trying again" % len(sealed) in errors
     assert "its result was refused: its seal is broken" in errors
+
+
+def test_carol_gone_bad_cannot_switch_bobs_worker_off_wormhole_by_never_sending(
+        stack, name):
+    """carol assigns bob's worker large tasks by wormhole and never sends
+    them: bob declines them, and still offers wormhole to everyone else."""
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    working = p2p_command(stack, "bob", "worker", cluster, env={"P2P_TIMEOUT": "3"})
+    working.expect("worker bob@", stream="stderr", timeout=30)
+    listener = RawPeer(stack, "alice", cluster, "alice@listener:1")
+    bad = RawPeer(stack, "carol", cluster, "carol@bad:1")
+    bad.send("hello", id=bad.id, role="client", user="carol", py=p2p.PY, proof="")
+    slot = bad.wait_for("idle", can=WAYS)["id"]
+    for n in range(1, 4):
+        bad.send("assign", slot, id=bad.id, task="%016x" % n, dh=bad.share.public, py="",
+                 can=WAYS, size=300000, n=0, of=0, data="", via="wormhole")
+        bad.wait_for("decline", to=bad.id, task="%016x" % n, timeout=60)
+    assert bad.wait_for("idle", id=slot, timeout=60)["can"] == WAYS
+    dianas = script(stack, "diana", """
+        import p2p
+        print(p2p.submit(len, bytes(300000)).result(120))
+    """, env={"P2P_CLUSTER": cluster})
+    assert dianas.stdout == "300000\n", dianas.stderr
+    assert ("assign", "diana", "bob", "wormhole") in heard(listener, listener.signing)
+    assert b"in a row failed" not in working.errors
+
+
+def test_carols_worker_gone_bad_cannot_switch_dianas_client_off_wormhole(stack, name):
+    """carol's worker answers diana's tasks with results by wormhole that
+    never come: diana tries them elsewhere, and still sends by wormhole."""
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    bad = RawPeer(stack, "carol", cluster, "carol@bad:1#1")
+    listener = RawPeer(stack, "alice", cluster, "alice@listener:1")
+    client = stack.process("diana", [sys.executable, "-c", textwrap.dedent("""
+        import sys, p2p
+        with p2p.Executor(retries=5) as ex:
+            print("first", ex.submit(abs, -7).result(120), flush=True)
+            sys.stdin.readline()
+            print("second", ex.submit(len, bytes(300000)).result(120), flush=True)
+    """)], env={"P2P_CLUSTER": cluster, "P2P_TIMEOUT": "3"})
+    bad.wait_for("hello", role="client", user="diana")
+    for n in range(3):
+        bad.send("idle", id=bad.id, py=p2p.PY, dh=bad.share.public, free=1, can=WAYS)
+        assign = bad.wait_for("assign", to=bad.id, n=0)
+        bad.send("result", assign["id"], id=bad.id, task=assign["task"], size=300000,
+                 free=1, n=0, of=0, data="", via="wormhole",
+                 tag=p2p._tag(bad.key(assign, b"lines"), "result", bad.id, assign["task"]))
+        bad.wait_for("withdraw", to=bad.id, task=assign["task"], timeout=60)
+    bad.send("bye", id=bad.id)
+    worker(stack, "bob", cluster)
+    client.expect("first 7\n", timeout=120)
+    client.send(b"go\n")
+    assert client.wait(120) == 0, client.errors
+    assert client.output.endswith(b"second 300000\n")
+    assert ("assign", "diana", "bob", "wormhole") in heard(listener, listener.signing)
+    assert b"in a row failed" not in client.errors
 
 
 def test_doctor_and_status_tell_of_a_network_that_blocks_wormhole(stack, name):
