@@ -1320,9 +1320,9 @@ class _Pickler(pickle.Pickler):
     keeps its identity: loaded twice in one process, it is one class, and
     back where it came from, it is the class it was (see _tracked).
 
-    home=True pickles a worker's outcome for its client: a class of
-    __main__ (the client's, sent by value) goes by name, to be the client's
-    own class again (``except MyError`` works), and an exception goes as its
+    home=True pickles a worker's outcome for its client: a class that came
+    by value (or of __main__) goes by its tracking id and name, to be the
+    client's own class again (``except MyError`` works), and an exception goes as its
     class, args and state, to be rebuilt without its __init__ (see
     _exception).
     """
@@ -1446,21 +1446,18 @@ class _EmptyCell:
 _GLOBAL_OPS = {"LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME"}
 
 
+def _codes(code):
+    """code and the code objects within it (its lambdas, comprehensions, ...)."""
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _codes(const)
+
+
 def _global_names(code):
     """The global names code uses (not attribute names, which share co_names)."""
-    names = {op.argval for op in dis.get_instructions(code) if op.opname in _GLOBAL_OPS}
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
-
-
-def _attribute_names(code):
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _attribute_names(const)
-    return names
+    return {op.argval for each in _codes(code) for op in dis.get_instructions(each)
+            if op.opname in _GLOBAL_OPS}
 
 
 def _submodules(code, values):
@@ -1471,7 +1468,7 @@ def _submodules(code, values):
     roots = {value.__name__ for value in values if isinstance(value, types.ModuleType)}
     if not roots:
         return []
-    attributes = _attribute_names(code)
+    attributes = set().union(*(each.co_names for each in _codes(code)))
     return sorted(name for name, module in list(sys.modules.items())
                   if "." in name and name.partition(".")[0] in roots and isinstance(
                       module, types.ModuleType) and _module_by_reference(module)
@@ -1489,7 +1486,8 @@ def _reduce_function(func, namespace):
     state = {
         "globals": found, "submodules": _submodules(func.__code__, list(found.values()) + cells),
         "defaults": func.__defaults__, "kwdefaults": func.__kwdefaults__,
-        "closure": cells, "dict": {sys.intern(k): _interned(v) for k, v in func.__dict__.items()}, "module": _interned(func.__module__),
+        "closure": cells, "module": _interned(func.__module__),
+        "dict": {sys.intern(k): _interned(v) for k, v in func.__dict__.items()},
         "qualname": _interned(func.__qualname__), "doc": func.__doc__,
         "annotations": func.__annotations__,
     }
@@ -1583,8 +1581,9 @@ def _make_class(metaclass, name, qualname, module, bases, namespace, members=Non
         home = getattr(home, part, None)
     if isinstance(home, type) and home.__name__ == name:
         return home
-    if tracking_id in _tracked:
-        return _tracked[tracking_id]
+    known = _tracked.get(tracking_id)  # (weak: gone between a look and a get)
+    if known is not None:
+        return known
     prepared = metaclass.__prepare__(name, bases)
     for key, value in itertools.chain(  # one by one: an enum's _EnumDict counts them
             dict(namespace, __module__=module, __qualname__=qualname).items(),
@@ -3323,7 +3322,7 @@ class _Transports:
         why = _wormhole_blocked(self.config)
         with self._lock:
             self._looking, self._looked_at = False, time.monotonic()
-            if why is None and self._failures_count():
+            if why is None and self._out_by_failures():
                 why = "%d wormhole transfers in a row failed" % len(self._failed_with)
             self._failed_with = [] if why else self._failed_with
             if why != self.why:
@@ -3347,7 +3346,7 @@ class _Transports:
             self._failed_with.append(_user_of(peer))
         self.look()
 
-    def _failures_count(self):
+    def _out_by_failures(self):
         users = set(self._failed_with)
         return len(self._failed_with) >= self.FAILURES and (
             len(users) > 1 or users == {self.user})

@@ -236,7 +236,7 @@ def test_mallory_who_reads_alices_ps_takes_nothing_of_bobs_invitation(stack, nam
     line = inviting.wait_for(lambda out: out.strip() and out, timeout=30).decode().strip()
     code = line.split()[-1]
     shown = wait_until(lambda: [argv for argv in command_lines()
-                                if "wormhole-william send" in argv], 30, "wormhole's send")
+                                if "wormhole-william send" in argv and argv.rstrip().endswith(" invitation")], 30, "wormhole's send")
     derived = shown[0].split("--code ")[1].split()[0]
     assert code not in "\n".join(command_lines()) and derived != code
     taken = stack.run("mallory", ["wormhole-william", "receive", "--hide-progress", derived],
