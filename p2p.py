@@ -50,6 +50,7 @@ import functools
 import hashlib
 import hmac
 import importlib
+import importlib.util
 import io
 import itertools
 import json
@@ -122,6 +123,10 @@ class WorkerLost(P2PError):
     """The workers of a task vanished, more often than the retries allowed."""
 
 
+class _NoWorkerHas(P2PError, ModuleNotFoundError):
+    """A task needs a module that none of the workers there has."""
+
+
 class _RemoteTraceback(Exception):
     """Carries a worker's traceback text as the __cause__ of its exception."""
 
@@ -190,6 +195,9 @@ class Config:
     secret_file  P2P_SECRET_FILE  a file holding the cluster's secret, for
                              those who hand one over themselves; by default
                              the key comes from ``python -m p2p join``
+    send_modules P2P_SEND_MODULES  whether your own modules travel as their
+                             source (1, the default), or not (0), or more
+                             modules to send that way besides ("mylib,x.y")
 
     Flags take 1/true/yes/on or 0/false/no/off; an argument beats the
     environment.
@@ -197,7 +205,7 @@ class Config:
 
     def __init__(self, host=None, ssh_args=None, wormhole=None, debug=None,
                  trust=None, secret=None, secret_file=None, timeout=None, allow=None,
-                 max_payload=None, transport=None):
+                 max_payload=None, transport=None, send_modules=None):
         env = os.environ
         self.host = host or env.get("P2P_HOST") or "pipe.pico.sh"
         if ssh_args is None:
@@ -220,6 +228,14 @@ class Config:
         if not 0 < self.max_payload < _BIGGEST:
             raise P2PError("P2P_MAX_PAYLOAD must be a size in bytes, at least 1 and under "
                            "2**53, not %r" % self.max_payload)
+        if send_modules is None:
+            send_modules = env.get("P2P_SEND_MODULES", "1")
+        if isinstance(send_modules, str):
+            flag = _FLAGS.get(send_modules.strip().lower())
+            send_modules = flag if flag is not None else send_modules.split(",")
+        if not isinstance(send_modules, bool):
+            send_modules = tuple(name.strip() for name in send_modules if name.strip())
+        self.send_modules = send_modules  # True, False, or more names to send
         secret_file = secret_file or env.get("P2P_SECRET_FILE")
         self.secret = secret or (_read_secret(secret_file) if secret_file else None)
         if self.secret is not None and len(self.secret) < 16:
@@ -1327,13 +1343,19 @@ class _Pickler(pickle.Pickler):
     _exception).
     """
 
-    def __init__(self, file, home=False):
+    def __init__(self, file, home=False, modules=False):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.by_value = False  # True when the payload carries code objects
         self.home = home
         # Functions that share a module's globals share one dict on arrival,
         # so that one's ``global x`` is seen by the others.
         self.namespaces = {}
+        # Which of the client's own modules go as their source (see
+        # _module_sources): True, False, or a tuple of more names to send.
+        self.modules = False if home else modules
+        self.closures = {}  # module name -> what it needs sent, or None
+        self.sources = {}  # digest -> _Source, of every module sent
+        self.needs = set()  # the top-level modules the payload names
 
     def reducer_override(self, obj):
         kind = type(obj)
@@ -1343,12 +1365,19 @@ class _Pickler(pickle.Pickler):
                 return _exception, (reduced + (None,))[:3]
         if kind is types.FunctionType:
             if _importable(obj):
-                return NotImplemented
+                return self._reference(obj)
             self.by_value = True
-            return _reduce_function(obj, self._namespace(obj.__globals__))
+            reduced = _reduce_function(obj, self._namespace(obj.__globals__))
+            imported = sorted({name for code in _codes(obj.__code__) for name in code.co_names
+                               if isinstance(sys.modules.get(name), types.ModuleType)})
+            self.needs.update(name.partition(".")[0] for name in imported)
+            closures = tuple(filter(None, (self._closure(name) for name in imported)))
+            if closures:  # modules its body imports: they are found there
+                reduced[2]["modules"] = closures
+            return reduced
         if isinstance(obj, type):
             if _importable(obj):
-                return NotImplemented
+                return self._reference(obj)
             if self.home and (obj in _arrived or obj.__module__ == "__main__"
                               and "<locals>" not in obj.__qualname__):
                 return _home_class, (obj.__module__, obj.__qualname__,
@@ -1362,9 +1391,37 @@ class _Pickler(pickle.Pickler):
             if not isinstance(obj, (classmethod, staticmethod, property)):
                 return NotImplemented
             reduce = _reducers()[kind.__mro__[1]]  # abc's abstract ones
-        if kind is types.ModuleType and not _module_by_reference(obj):
+        if kind is types.ModuleType:
+            if _module_by_reference(obj):
+                return self._reference(obj)
             self.by_value = True
         return reduce(obj)
+
+    def _reference(self, obj):
+        """How a function, class or module another interpreter can import
+        goes: by name, and with the source of the modules it needs, when
+        it is in one of the client's own."""
+        module = obj if isinstance(obj, types.ModuleType) else None
+        name = obj.__name__ if module else obj.__module__
+        self.needs.add(name.partition(".")[0])
+        closure = self._closure(name)
+        if closure is None:
+            return _reduce_module(obj) if module else NotImplemented
+        if module:
+            return _sent_module, (closure, name)
+        return _sent_global, (closure, name, obj.__qualname__)
+
+    def _closure(self, name):
+        """The modules that module name needs sent, as the payload names
+        them ((name, digest, package), ...), or None: it goes by name alone."""
+        if not self.modules:
+            return None
+        if name not in self.closures:
+            sources = _module_sources(name, () if self.modules is True else self.modules)
+            self.closures[name] = tuple((s.name, s.digest, s.package)
+                                        for s in sources) or None
+            self.sources.update((s.digest, s) for s in sources)
+        return self.closures[name]
 
     def _namespace(self, globals_):
         """What stands for a function's globals in this payload: one dict
@@ -1397,17 +1454,17 @@ class _Namespace:
         return vars, (self.module,)
 
 
-def _dump(obj, file, home=False):
-    """Pickle obj into file; True when it carries code by value."""
-    pickler = _Pickler(file, home)
+def _dump(obj, file, home=False, modules=False):
+    """Pickle obj into file; the pickler, which knows what it holds."""
+    pickler = _Pickler(file, home, modules)
     pickler.dump(obj)
-    return pickler.by_value
+    return pickler
 
 
 def _dumps(obj, home=False):
     """(bytes, by_value) for obj."""
     buffer = io.BytesIO()
-    by_value = _dump(obj, buffer, home)
+    by_value = _dump(obj, buffer, home).by_value
     return buffer.getvalue(), by_value
 
 
@@ -1519,6 +1576,8 @@ def _make_function(py, code, name, ncells, namespace):
 
 
 def _fill_function(func, state):
+    for closure in state.get("modules", ()):
+        _use_sources(closure)
     for name in state.get("submodules", ()):
         importlib.import_module(name)
     func.__globals__.update(state["globals"])
@@ -1836,6 +1895,166 @@ def _own_class(module, qualname):
             and found.__qualname__ == qualname):
         return found  # not another module's class it imported (from subprocess import Popen)
     return None
+
+
+# The client's own modules travel as their source. One that it imported
+# from its own files (see _own_module: the script's folder, a checkout on
+# sys.path; or one named in send_modules) is pickled by name, with the
+# versions (the digest of their source) of the modules it needs where it
+# is loaded: itself, its packages, and the own modules it uses in turn.
+# A source goes with a task only to a worker that has not had it yet (see
+# _Client._assign); the worker keeps it, and its runners find it there
+# (_SentModules).
+
+_Source = collections.namedtuple("_Source", "name digest package text")
+_sources = {}  # module name -> ((path, mtime, size), _Source) as last read
+_NAMESPACE = b""  # the source of a package that is only a folder
+
+
+def _source_of(name, extra):
+    """The _Source of the module name, if it travels as its source: one of
+    the program's own modules, or in a package named in extra."""
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None)
+    path = getattr(spec, "origin", None)
+    if name == "__main__" or not isinstance(path, str) or not path.endswith(".py") or (
+            _own_module(name) is None and not any(
+                name == e or name.startswith(e + ".") for e in extra)) or (
+            _standard(name) or name.partition(".")[0] == __name__):
+        return None  # the standard library and p2p.py are the worker's own
+    try:
+        status = os.stat(path)
+        stamp = (path, status.st_mtime_ns, status.st_size)
+        known = _sources.get(name)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError as exc:
+        raise P2PError("the module %s goes to workers as its source, and its file %s cannot "
+                       "be read (%s): make it readable, or send modules by name alone "
+                       "(Executor(send_modules=False), P2P_SEND_MODULES=0)"
+                       % (name, path, exc.strerror or exc)) from None
+    source = _Source(name, _digest(text), spec.submodule_search_locations is not None, text)
+    _sources[name] = (stamp, source)
+    return source
+
+
+def _digest(text):
+    return hashlib.sha256(text).hexdigest()[:32]
+
+
+def _module_sources(name, extra=()):
+    """The _Sources the module name needs sent, by name; none when it goes
+    by name alone."""
+    found, todo = {}, [(name, False)]
+    while todo:
+        each, parent = todo.pop()
+        if each in found:
+            continue
+        source = _source_of(each, extra)
+        if source is None:
+            module = sys.modules.get(each)
+            if not (parent and found and isinstance(module, types.ModuleType)
+                    and getattr(module, "__file__", None) is None
+                    and hasattr(module, "__path__")):
+                continue
+            source = _Source(each, _digest(_NAMESPACE), True, _NAMESPACE)
+        found[each] = source
+        if "." in each:
+            todo.append((each.rpartition(".")[0], True))
+        for value in list(vars(sys.modules[each]).values()):
+            if isinstance(value, types.ModuleType):
+                todo.append((value.__name__, False))
+            else:
+                owner = (vars(value).get("__module__") if isinstance(value, type) else
+                         value.__module__ if isinstance(value, types.FunctionType) else None)
+                if isinstance(owner, str):
+                    todo.append((owner, False))
+    return [found[each] for each in sorted(found)] if name in found else []
+
+
+def _importable_here(name):
+    """True when this interpreter has the module name (a worker's word), or
+    finds it: looked for, never imported, nor its package."""
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name[:200]):
+        return False
+    if isinstance(sys.modules.get(name), types.ModuleType):
+        return True
+    package = name.rpartition(".")[0]
+    try:
+        return importlib.util.find_spec(
+            name if not package or package in sys.modules else name.partition(".")[0]
+        ) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _sent_global(closure, module, qualname):
+    """module.qualname, its module found among those the client sent."""
+    _use_sources(closure)
+    found = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _sent_module(closure, name):
+    _use_sources(closure)
+    return importlib.import_module(name)
+
+
+def _use_sources(closure):
+    if _sent is not None:  # in a runner; elsewhere modules come by name
+        _sent.use(closure)
+
+
+class _SentModules:
+    """A runner's finder (first on sys.meta_path) of the modules that the
+    task at hand names, in the versions its client sent; the sources are
+    kept in the worker's folder, one file per digest, for all its runners."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.versions = {}  # module name -> (digest, package)
+
+    def path(self, digest):
+        return os.path.join(self.folder, digest + ".py")
+
+    def store(self, sources):
+        """Keep sources ({digest: text}), each checked against its digest."""
+        for digest, text in sources.items():
+            if not isinstance(text, bytes) or _digest(text) != digest:
+                raise P2PError("a module's source came without its digest: not used")
+            if not os.path.exists(self.path(digest)):
+                fd, temporary = tempfile.mkstemp(dir=self.folder)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(text)
+                os.replace(temporary, self.path(digest))
+
+    def use(self, closure):
+        """From now on, these names are these versions: ((name, digest,
+        package), ...). A module loaded in another version goes."""
+        for name, digest, package in closure:
+            if _standard(name) or name.partition(".")[0] == __name__:
+                continue  # never in place of the runner's own
+            self.versions[name] = (digest, package)
+            loaded = sys.modules.get(name)
+            if loaded is not None and getattr(loaded, "__file__", None) != self.path(digest):
+                del sys.modules[name]
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.versions:
+            return None
+        digest, package = self.versions[name]
+        if not os.path.exists(self.path(digest)):
+            raise P2PError("the module %s (version %s) never reached this worker: its "
+                           "client thought it had; run the task again" % (name, digest))
+        return importlib.util.spec_from_file_location(
+            name, self.path(digest), submodule_search_locations=[] if package else None)
+
+
+_sent = None  # a runner's _SentModules
 
 
 def _home_class(module, qualname, tracking_id=None):
@@ -3460,11 +3679,17 @@ def _run_task(task_path, result_path):
             warnings.simplefilter("always")
             try:
                 with open(task_path, "rb") as f:
-                    fn, args, kwargs = pickle.load(f)
+                    task = pickle.load(f)
+                    if isinstance(task, dict):  # sources of modules, first
+                        _sent.store(task)
+                        task = pickle.load(f)
+                fn, args, kwargs = task
                 outcome["value"] = fn(*args, **kwargs)
             except BaseException as exc:  # noqa: B902 - a task's error is its result
                 outcome["error"] = exc
                 outcome["traceback"] = traceback.format_exc()
+                if isinstance(exc, ModuleNotFoundError) and isinstance(exc.name, str):
+                    outcome["missing"] = exc.name  # its client may try another worker
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
@@ -3514,8 +3739,12 @@ def _checked_outcome(outcome):
     return outcome
 
 
-def _serve_tasks():
-    """A runner process: run tasks named on stdin, one at a time."""
+def _serve_tasks(modules):
+    """A runner process: run tasks named on stdin, one at a time; modules:
+    the folder of the sources that clients sent."""
+    global _sent
+    _sent = _SentModules(modules)
+    sys.meta_path.insert(0, _sent)
     # The control channel moves off fds 0 and 1, so that a task that reads
     # stdin or writes stdout cannot disturb it.
     control_in = os.fdopen(os.dup(0), "r")
@@ -3532,8 +3761,9 @@ def _serve_tasks():
 class _Runner:
     """A child process that runs tasks, so a crash takes only the task with it."""
 
-    def __init__(self):
+    def __init__(self, modules):
         self.process = None
+        self.modules = modules  # the folder of modules sent as source
 
     def ready(self):
         """Start the runner process, if it is not running."""
@@ -3542,7 +3772,7 @@ class _Runner:
             path = [os.path.dirname(os.path.abspath(__file__))]
             path += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
             self.process = subprocess.Popen(
-                [sys.executable, "-c", "import p2p; p2p._serve_tasks()"],
+                [sys.executable, "-c", "import p2p; p2p._serve_tasks(%r)" % self.modules],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                 env=dict(os.environ, PYTHONPATH=os.pathsep.join(path)))
 
@@ -3585,12 +3815,12 @@ class _Slot:
     """One of a worker process's task slots: its id on the board, its runner,
     and the jobs it holds (the first one running)."""
 
-    def __init__(self, peer_id):
+    def __init__(self, peer_id, modules):
         self.id = peer_id
         self.jobs = []  # in hand, in the order they run
         self.running = None  # the job its runner runs now
         self.queue = queue.Queue()  # jobs for its thread, None to end
-        self.runner = _Runner()
+        self.runner = _Runner(modules)
 
     @property
     def free(self):
@@ -3629,13 +3859,15 @@ class _Worker(_Member):
 
     def __init__(self, config, cluster, user, slots=1):
         super().__init__(config, cluster, user, _peer_id(user))
+        self.scratch = tempfile.mkdtemp(prefix="p2p-worker-")
+        modules = os.path.join(self.scratch, "modules")
+        os.mkdir(modules)
         ids = ["%s#%d" % (self.id, n + 1) for n in range(slots)]
-        self.slots = {slot_id: _Slot(slot_id) for slot_id in ids}
+        self.slots = {slot_id: _Slot(slot_id, modules) for slot_id in ids}
         self.share = _KeyShare()
         self.transports = _Transports(config, user)
         self.jobs = {}  # task id -> _Job
         self.assembly = _Assembly()
-        self.scratch = tempfile.mkdtemp(prefix="p2p-worker-")
         self.done = 0
         self.seen = collections.deque(maxlen=10000)  # task ids assigned to us
         self.stopped = threading.Event()
@@ -3926,6 +4158,7 @@ class _TaskFuture(concurrent.futures.Future):
     def __init__(self):
         super().__init__()
         self._replay = None
+        self._waiting = None  # why no worker there can take it, when none can
 
     def result(self, timeout=None):
         try:
@@ -3934,14 +4167,25 @@ class _TaskFuture(concurrent.futures.Future):
             global _interrupted
             _interrupted = True  # Ctrl-C while waiting: withdraw at exit
             raise
+        except concurrent.futures.TimeoutError:
+            self._explain_timeout()
+            raise
         finally:
             self._replay_output()
 
     def exception(self, timeout=None):
         try:
             return super().exception(timeout)
+        except concurrent.futures.TimeoutError:
+            self._explain_timeout()
+            raise
         finally:
             self._replay_output()
+
+    def _explain_timeout(self):
+        why = self._waiting
+        if why:
+            raise concurrent.futures.TimeoutError(why[0].upper() + why[1:]) from None
 
     def _replay_output(self):
         with self._condition:
@@ -3973,10 +4217,12 @@ _MOVES = {
 
 
 class _Task:
-    def __init__(self, path, by_value, future):
+    def __init__(self, path, pickler, future):
         self.path = path  # the pickled call, kept on disk for the tries it may take
         self.size = os.path.getsize(path)
-        self.py = PY if by_value else ""
+        self.py = PY if pickler.by_value else ""
+        self.sources = pickler.sources  # digest -> _Source of the modules it sends
+        self.needs = set(pickler.needs)  # top-level modules it names (and lacked)
         self.future = future
         self.state = "queued"
         self.started = False  # the future was set running
@@ -3988,12 +4234,33 @@ class _Task:
         self.said_at = 0.0  # when its assignment was last said
         self.resent = 0  # times the assignment was said again
         self.via = None  # how its payload goes to that slot: board, wormhole or ssh
+        self.carried = ()  # digests of the sources that go with it to that slot
+        self.sent_size = self.size  # the size of what goes
+        self.payload = path  # what goes to that slot: the call, after those sources
         self.avoid = set()  # transports that failed it: its next tries go another way
         self.said_unknown = False  # a worker said it lacks our key share (once is free)
         self.transfers = []  # its wormhole and ssh processes, to stop when it moves on
         self.result_sub = None  # its result's ssh sub, if started ahead
         self.failures = []  # why earlier tries failed
         self.failed_on = set()  # the machines of those tries
+        self.lacked = []  # (module, slot): the workers that did not have a module
+
+    def carry(self, sources, folder):
+        """What goes to a slot: the call, after sources ({digest: text}) if
+        any: its size, and its bytes if it is small enough for the board."""
+        prefix = pickle.dumps(sources, pickle.HIGHEST_PROTOCOL) if sources else b""
+        self.carried = tuple(sources)
+        size = self.sent_size = len(prefix) + self.size
+        if size + SEAL_OVERHEAD <= BOARD_MAX:
+            with open(self.path, "rb") as f:
+                return size, prefix + f.read()
+        self.payload = self.path
+        if prefix:  # to the first worker of a large task; others get the plain one
+            self.payload = os.path.join(folder, "with-modules-" + os.path.basename(self.path))
+            with open(self.payload, "wb") as f, open(self.path, "rb") as call:
+                f.write(prefix)
+                shutil.copyfileobj(call, f, 1 << 20)
+        return size, None
 
     def move(self, state):
         if state not in _MOVES[self.state]:
@@ -4043,6 +4310,9 @@ class _Client(_Member):
         self.tasks = {}  # task id -> _Task, assigned or receiving
         self.assembly = _Assembly()
         self.known_to = set()  # worker processes that have our key share
+        self.modules_at = collections.defaultdict(set)  # worker process -> digests it has
+        self.lacking = collections.defaultdict(set)  # worker process -> modules it has not
+        self.explained = set()  # why tasks wait, as said on stderr
         self.alive_said = 0.0
         # Futures are settled on a thread of their own: user callbacks run
         # there, never on the peer's thread, and large results load there.
@@ -4094,6 +4364,7 @@ class _Client(_Member):
             self._dispatch()
             return
         self.known_to.add(_process_of(msg["id"]))  # its tag proves it has our share
+        self.modules_at[_process_of(msg["id"])].update(task.carried)  # its runner kept them
         if task.state != "assigned":
             if task.state == "receiving" and msg["of"] and msg["n"] == 0:
                 self._say_took(task)  # ours was lost
@@ -4224,9 +4495,12 @@ class _Client(_Member):
             room = {s: (v.py, space(s, v)) for s, v in self.slots.items() if space(s, v) > 0}
             if not room:
                 return
-            slot = _pick(task.py, task.failed_on, room)
+            slot = _pick(task.py, task.failed_on, {s: r for s, r in room.items()
+                                                   if not self._lacks_for(s, task)})
             if slot is None:
-                continue  # no slot runs its Python; later tasks may go
+                self._unfit(task)
+                continue  # later tasks may go
+            task.future._waiting = None
             try:
                 root = self.share.root(self.slots[slot].dh, self.salt)
             except P2PError as exc:
@@ -4240,6 +4514,39 @@ class _Client(_Member):
             self.queue.remove(task)
             self._assign(task, slot, root)
             mine[slot] += 1
+
+    def _lacks_for(self, slot, task):
+        """The modules the task needs that the slot's worker has not."""
+        return self.lacking.get(_process_of(slot), set()) & task.needs
+
+    def _unfit(self, task):
+        """No slot with room can take the task. Should none of those there
+        ever take it, fail it when they lack a module it needs; else say
+        why it waits (once on stderr, and to a TimeoutError of its future)."""
+        runs = [s for s, view in self.slots.items() if task.py in ("", view.py)]
+        if any(not self._lacks_for(s, task) for s in runs):
+            return  # its turn comes
+        if runs:
+            lacked = set().union(*(self._lacks_for(s, task) for s in runs))
+            self._end(task, "failed", error=_NoWorkerHas(
+                "task %s needs the module%s %s, which no worker of %s has (%s): install it "
+                "where a worker runs and start that worker again, or start a worker that has "
+                "it" % (task.id or "", "s" * (len(lacked) > 1), ", ".join(sorted(lacked)),
+                        self.cluster, "; ".join(sorted({
+                            "%s lacks %s" % (_machine_of(s), ", ".join(sorted(
+                                self._lacks_for(s, task)))) for s in runs}))),
+                name=min(lacked)))
+            return
+        why = ("a task waits for a worker on Python %s (its code goes by value, and "
+               "Python's code differs between versions), and the workers here run %s: start "
+               "a worker with Python %s, or define the function in a module that the "
+               "workers can import" % (task.py, ", ".join(sorted({
+                   "%s (%s)" % (view.py or "?", _machine_of(s))
+                   for s, view in self.slots.items()})), task.py))
+        task.future._waiting = why
+        if why not in self.explained:
+            self.explained.add(why)
+            log.warning("%s", why)
 
     def _ours(self, task):
         """The transports we can use for a task, the one we prefer first."""
@@ -4264,10 +4571,12 @@ class _Client(_Member):
         task.resent = 0
         self.tasks[task.id] = task
         self.slots[slot].free -= 1
-        if task.size + SEAL_OVERHEAD <= BOARD_MAX:
+        had = self.modules_at[_process_of(slot)]
+        _, small = task.carry({digest: source.text for digest, source in task.sources.items()
+                               if digest not in had}, self.scratch)
+        if small is not None:
             task.via = "board"
-            with open(task.path, "rb") as f:
-                task.sealed = _seal(task.keys[0], f.read())
+            task.sealed = _seal(task.keys[0], small)
         else:
             task.via = _via(self._ours(task), self.slots[slot].can)
             task.sealed = None
@@ -4284,7 +4593,7 @@ class _Client(_Member):
         fields = dict(to=task.slot, id=self.id, task=task.id, py=task.py, via=task.via,
                       can=self._ours(task),
                       dh=self.share.fingerprint if known else self.share.public)
-        self.say_payload("assign", task.size + SEAL_OVERHEAD if task.sealed is None
+        self.say_payload("assign", task.sent_size + SEAL_OVERHEAD if task.sealed is None
                          else task.sealed, only, **fields)
 
     def _resend(self, task):
@@ -4330,8 +4639,9 @@ class _Client(_Member):
         self.tasks.pop(task.id, None)
         if task in self.queue:
             self.queue.remove(task)
-        with contextlib.suppress(OSError):
-            os.remove(task.path)
+        for path in {task.path, task.payload}:
+            with contextlib.suppress(OSError):
+                os.remove(path)
         self.outcomes.put((self._set, task.future, value, error))
 
     def _send_task(self, task, try_id):
@@ -4339,7 +4649,7 @@ class _Client(_Member):
         folder = tempfile.mkdtemp(dir=self.scratch)
         try:
             if task.id == try_id and task.state == "assigned":
-                _send_payload(self.config, task.via, task.keys[0], task.path,
+                _send_payload(self.config, task.via, task.keys[0], task.payload,
                               os.path.join(folder, "task"), task.slot, task.transfers)
         except TransferError as exc:
             if task.id == try_id and task.via == "wormhole" and not isinstance(exc, _Refused):
@@ -4412,6 +4722,11 @@ class _Client(_Member):
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+        missing = outcome.get("missing")
+        if isinstance(missing, str) and _importable_here(missing):
+            # The worker lacks what we have: another worker may have it.
+            self.post(self._lacks, task, missing)
+            return
         task.future._replay = outcome
         error = outcome.get("error")
         if error is not None and outcome.get("traceback"):
@@ -4419,6 +4734,18 @@ class _Client(_Member):
                 "\n\"\"\"\n%s\"\"\" (on worker %s)" % (outcome["traceback"], task.slot))
         self.post(self._end_if, task, "receiving", "failed" if "error" in outcome
                   else "done", outcome.get("value"), error)
+
+    def _lacks(self, task, module):
+        """The slot of a task (receiving) did not have a module it needs."""
+        if self.tasks.get(task.id) is not task or task.state != "receiving":
+            return
+        top = module.partition(".")[0]
+        self.lacking[_process_of(task.slot)].add(top)
+        task.needs.add(top)
+        task.lacked.append((module, task.slot))
+        log.warning("task %s: worker %s does not have the module %s; trying another worker",
+                    task.id, task.slot, module)
+        self._retry(task, "it does not have the module %s" % module, failed=False)
 
     def _end_if(self, task, was, state, value, error):
         if task.state == was and self.tasks.get(task.id) is task:
@@ -4559,15 +4886,23 @@ class Executor(concurrent.futures.Executor):
     code and all, only for clusters whose members you all trust (P2P_TRUST).
     progress: show a progress bar of every call on stderr until shutdown
     (map can show one for its own calls).
+    send_modules: your own modules (imported from your files, not installed)
+    go to workers as their source, once per worker and version (True, the
+    default; P2P_SEND_MODULES); False sends them by name alone; a list of
+    module names sends these that way too (an installed package a worker
+    lacks).
     Joining raises ClusterError within 15 s when the cluster is not hosted or
     you are not on its access list.
     """
 
     def __init__(self, cluster=None, config=None, retries=None, progress=False,
-                 allow=None, trust=None):
+                 allow=None, trust=None, send_modules=None):
         self._config = copy.copy(config or Config())
         if allow is not None:
             self._config.allow = tuple(allow)
+        if send_modules is not None:
+            self._config.send_modules = (send_modules if isinstance(send_modules, bool)
+                                         else tuple(send_modules))
         if trust is not None:
             self._config.trust = bool(trust)
         retries = _number("P2P_RETRIES", retries, RETRIES, int)
@@ -4602,7 +4937,10 @@ class Executor(concurrent.futures.Executor):
         fd, path = tempfile.mkstemp(suffix=".pkl", dir=self._client.scratch)
         try:
             with os.fdopen(fd, "wb") as f:
-                by_value = _dump((fn, args, kwargs), f)
+                pickler = _dump((fn, args, kwargs), f, modules=self._config.send_modules)
+        except P2PError:
+            os.remove(path)
+            raise
         except Exception:
             os.remove(path)
             raise P2PError(_describe_unpicklable(fn, args, kwargs)) from None
@@ -4611,7 +4949,7 @@ class Executor(concurrent.futures.Executor):
             if self._shutdown:
                 os.remove(path)
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._client.put(_Task(path, by_value, future))
+            self._client.put(_Task(path, pickler, future))
         progress = getattr(self._counting, "progress", None) or self._progress
         if progress is not None:
             progress.count(future, len(args[1]) if fn is _call_chunk else 1)

@@ -391,6 +391,55 @@ def payload_lines(sealed):
     return 2 * math.ceil(in_base64 / longest)
 
 
+OWN_MODULE = """
+    import json, os, sys, p2p
+
+    sys.path.insert(0, %(folder)r)  # the user's project, beside the script
+    import helpers50
+
+    with p2p.Executor() as ex:
+        for i in range(%(runs)d):
+            assert ex.submit(helpers50.work, i).result(60) == helpers50.work(i)
+        for i in range(%(runs)d):
+            ex.submit(abs, -i).result(60)
+    print(json.dumps({"module": os.path.getsize(helpers50.__file__)}))
+"""
+
+
+def own_module_payloads(stack, runs):
+    """(module size, [payload bytes of each task]) for runs tasks of a
+    function in a 50 KB module of the user's own, then runs of abs: what
+    each task's assignment says its sealed payload weighs."""
+    folder = os.path.join(stack.user_dir(USER), "home", "project")
+    os.makedirs(folder, exist_ok=True)
+    lines = ['"""A user\'s own helpers: some 50 KB of small functions."""', ""]
+    while sum(len(line) + 1 for line in lines) < 50 * 1024:
+        n = len(lines)
+        lines += ["def f%d(x):" % n, "    return x * %d + %d" % (n, n % 7), "", ""]
+    lines += ["def work(x):", "    return f2(x) + f6(x)", ""]
+    with open(os.path.join(folder, "helpers50.py"), "w") as f:
+        f.write("\n".join(lines))
+    workers = start_workers(stack, 1)
+    listener = stack.session(USER, "pipe", "%s/personal/board" % USER, "-r")
+    try:
+        probe = "bench: listening %s\n" % secrets.token_hex(4)
+        listener.send(probe)
+        listener.expect(probe, 60)
+        found = measure(stack, OWN_MODULE, runs=runs, folder=folder)
+        sizes = {}
+        for line in listener.output.split(b"\n"):
+            try:
+                message = p2p._decode(line)
+            except Exception:
+                continue
+            if message and message.kind == "assign" and message["n"] == 0:
+                sizes.setdefault(message["task"], message["size"])  # not its resends
+        return found["module"], list(sizes.values())
+    finally:
+        listener.close()
+        stop(workers)
+
+
 # -- idle cost -------------------------------------------------------------------
 
 def idle_cost(stack, seconds):
@@ -700,6 +749,16 @@ class ProfileRun:
             else:
                 self.add(case, [size], "B")
 
+    def own_module(self):
+        runs = self.runs(10, 5)
+        module, sizes = own_module_payloads(self.stack, runs)
+        first, later, plain = sizes[0], sizes[1:runs], sizes[runs:]
+        self.add("own module (%d KB): first task's payload, with its source"
+                 % (module // 1024), [first], "B", None, ">= the module", first >= module)
+        extra = [size - statistics.median(plain) for size in later]
+        self.add("own module: each later task's payload, beyond one of abs", extra, "B",
+                 None, "<= 200 B (the module's name and version)", max(extra) <= 200)
+
     def idle_worker(self):
         share, rss, rss_all = idle_cost(self.stack, self.runs(20, 10))
         self.add("idle worker: share of a core (with its ssh)", [100 * share], "%", None,
@@ -733,6 +792,7 @@ CASES = [
     ProfileRun.scaling,
     ProfileRun.scale,
     ProfileRun.board_traffic,
+    ProfileRun.own_module,
     ProfileRun.idle_worker,
     ProfileRun.worker_start_up,
 ]
