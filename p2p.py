@@ -149,6 +149,7 @@ ALIVE_EVERY = 5.0  # seconds between the "alive" lines of a peer with work in fl
 LOST_AFTER = 20.0  # seconds of silence after which such a peer is lost
 FRESH = 90.0  # seconds by which a signed line's time may differ from ours (_Recent)
 RETRIES = 2  # default: new assignments of a task after its worker or transfer failed
+LACKS = 8  # workers a task may find without a module it needs, before that counts as failing
 # Sealed payloads up to this size ride the board; larger ones go by wormhole.
 # Measured on the local stack (bench/RESULTS.md): 64 KiB crosses the board in
 # 11 lines in ~15 ms on loopback (+80 ms on the internet profile), while the
@@ -1974,22 +1975,6 @@ def _module_sources(name, extra=()):
     return [found[each] for each in sorted(found)] if name in found else []
 
 
-def _importable_here(name):
-    """True when this interpreter has the module name (a worker's word), or
-    finds it: looked for, never imported, nor its package."""
-    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name[:200]):
-        return False
-    if isinstance(sys.modules.get(name), types.ModuleType):
-        return True
-    package = name.rpartition(".")[0]
-    try:
-        return importlib.util.find_spec(
-            name if not package or package in sys.modules else name.partition(".")[0]
-        ) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def _sent_global(closure, module, qualname):
     """module.qualname, its module found among those the client sent."""
     _use_sources(closure)
@@ -2009,47 +1994,80 @@ def _use_sources(closure):
         _sent.use(closure)
 
 
+class _NotSent(P2PError):
+    """A task names a version of a module that never reached its worker."""
+
+
 class _SentModules:
     """A runner's finder (first on sys.meta_path) of the modules that the
     task at hand names, in the versions its client sent; the sources are
-    kept in the worker's folder, one file per digest, for all its runners."""
+    kept in the worker's folder, one file per digest, for all its runners.
+    Each task starts with none of them loaded: one client's ``helpers`` is
+    never another's, nor the one the worker has installed."""
 
     def __init__(self, folder):
         self.folder = folder
-        self.versions = {}  # module name -> (digest, package)
+        self.versions = {}  # module name -> (digest, package), for the task at hand
+        self.displaced = {}  # name -> the runner's own module, set aside for the task
 
     def path(self, digest):
         return os.path.join(self.folder, digest + ".py")
 
+    def sent(self, module):
+        return str(getattr(module, "__file__", "")).startswith(os.path.join(self.folder, ""))
+
+    def begin(self):
+        """A new task: the last one's modules go, the runner's own come back."""
+        self.versions.clear()
+        for name, module in list(sys.modules.items()):
+            if self.sent(module):
+                del sys.modules[name]
+        sys.modules.update(self.displaced)
+        self.displaced.clear()
+
     def store(self, sources):
-        """Keep sources ({digest: text}), each checked against its digest."""
+        """Keep sources ({digest: text}), each checked against its digest;
+        the digests kept."""
         for digest, text in sources.items():
             if not isinstance(text, bytes) or _digest(text) != digest:
                 raise P2PError("a module's source came without its digest: not used")
-            if not os.path.exists(self.path(digest)):
+            if self.read(digest) is None:
                 fd, temporary = tempfile.mkstemp(dir=self.folder)
                 with os.fdopen(fd, "wb") as f:
                     f.write(text)
                 os.replace(temporary, self.path(digest))
+        return sorted(sources)
+
+    def read(self, digest):
+        """The source kept for digest, if it is there and is that version."""
+        try:
+            with open(self.path(digest), "rb") as f:
+                text = f.read()
+        except OSError:
+            return None
+        return text if _digest(text) == digest else None
 
     def use(self, closure):
         """From now on, these names are these versions: ((name, digest,
         package), ...). A module loaded in another version goes."""
         for name, digest, package in closure:
-            if _standard(name) or name.partition(".")[0] == __name__:
+            if (name == "__main__" or _standard(name) or name.partition(".")[0] == __name__
+                    or not re.fullmatch(r"[0-9a-f]{32}", str(digest))):
                 continue  # never in place of the runner's own
             self.versions[name] = (digest, package)
             loaded = sys.modules.get(name)
             if loaded is not None and getattr(loaded, "__file__", None) != self.path(digest):
                 del sys.modules[name]
+                if not self.sent(loaded):
+                    self.displaced.setdefault(name, loaded)
 
     def find_spec(self, name, path=None, target=None):
         if name not in self.versions:
             return None
         digest, package = self.versions[name]
-        if not os.path.exists(self.path(digest)):
-            raise P2PError("the module %s (version %s) never reached this worker: its "
-                           "client thought it had; run the task again" % (name, digest))
+        if self.read(digest) is None:
+            raise _NotSent("the module %s (version %s) never reached this worker"
+                           % (name, digest))
         return importlib.util.spec_from_file_location(
             name, self.path(digest), submodule_search_locations=[] if package else None)
 
@@ -3678,18 +3696,23 @@ def _run_task(task_path, result_path):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
+                if _sent is not None:
+                    _sent.begin()
                 with open(task_path, "rb") as f:
                     task = pickle.load(f)
                     if isinstance(task, dict):  # sources of modules, first
-                        _sent.store(task)
+                        outcome["stored"] = _sent.store(task)
                         task = pickle.load(f)
                 fn, args, kwargs = task
                 outcome["value"] = fn(*args, **kwargs)
             except BaseException as exc:  # noqa: B902 - a task's error is its result
                 outcome["error"] = exc
                 outcome["traceback"] = traceback.format_exc()
-                if isinstance(exc, ModuleNotFoundError) and isinstance(exc.name, str):
-                    outcome["missing"] = exc.name  # its client may try another worker
+                # What its client may try again elsewhere, or with the sources.
+                if isinstance(exc, _NotSent):
+                    outcome["unsent"] = True
+                elif isinstance(exc, ModuleNotFoundError) and isinstance(exc.name, str):
+                    outcome["missing"] = exc.name
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
@@ -4244,6 +4267,8 @@ class _Task:
         self.failures = []  # why earlier tries failed
         self.failed_on = set()  # the machines of those tries
         self.lacked = []  # (module, slot): the workers that did not have a module
+        self.worker = None  # (process, key share) of its slot
+        self.sent_again = False  # its slot said it never got the sources: sent again
 
     def carry(self, sources, folder):
         """What goes to a slot: the call, after sources ({digest: text}) if
@@ -4291,6 +4316,14 @@ def _pick(py, failed_on, slots):
     return min(fits)[2] if fits else None
 
 
+def _named_by(task, module):
+    """True when module, which a worker says it lacks, is one that the task
+    names and that this program has: then another worker may have it."""
+    top = module.partition(".")[0]
+    return (len(module) <= 200 and top in task.needs
+            and isinstance(sys.modules.get(top), types.ModuleType))
+
+
 class _Client(_Member):
     """The client side of an Executor: assigns tasks to worker slots."""
 
@@ -4309,9 +4342,11 @@ class _Client(_Member):
         self.queue = collections.deque()  # queued tasks
         self.tasks = {}  # task id -> _Task, assigned or receiving
         self.assembly = _Assembly()
-        self.known_to = set()  # worker processes that have our key share
-        self.modules_at = collections.defaultdict(set)  # worker process -> digests it has
-        self.lacking = collections.defaultdict(set)  # worker process -> modules it has not
+        # Workers by (process, key share): one who poses as a slot of
+        # another's process, with a share of her own, is another worker.
+        self.known_to = set()  # workers that have our key share
+        self.modules_at = collections.defaultdict(set)  # worker -> digests it keeps
+        self.lacking = {}  # worker -> the modules it has not
         self.explained = set()  # why tasks wait, as said on stderr
         self.alive_said = 0.0
         # Futures are settled on a thread of their own: user callbacks run
@@ -4363,8 +4398,7 @@ class _Client(_Member):
         if task is None or task.slot != msg["id"] or not _tagged(msg, task.keys[2]):
             self._dispatch()
             return
-        self.known_to.add(_process_of(msg["id"]))  # its tag proves it has our share
-        self.modules_at[_process_of(msg["id"])].update(task.carried)  # its runner kept them
+        self.known_to.add(task.worker)  # its tag proves it has our share
         if task.state != "assigned":
             if task.state == "receiving" and msg["of"] and msg["n"] == 0:
                 self._say_took(task)  # ours was lost
@@ -4409,7 +4443,7 @@ class _Client(_Member):
             # again: a worker that has our share now never says it twice).
             if not task.said_unknown:
                 task.said_unknown = True
-                self.known_to.discard(_process_of(task.slot))
+                self.known_to.discard(task.worker)
                 self._retry(task, msg["why"], failed=False)
             return
         if task is None or task.slot != msg["id"] or not _tagged(msg, task.keys[2]):
@@ -4515,9 +4549,12 @@ class _Client(_Member):
             self._assign(task, slot, root)
             mine[slot] += 1
 
+    def _worker(self, slot):
+        return _process_of(slot), self.slots[slot].dh
+
     def _lacks_for(self, slot, task):
         """The modules the task needs that the slot's worker has not."""
-        return self.lacking.get(_process_of(slot), set()) & task.needs
+        return self.lacking.get(self._worker(slot), set()) & task.needs
 
     def _unfit(self, task):
         """No slot with room can take the task. Should none of those there
@@ -4529,9 +4566,9 @@ class _Client(_Member):
         if runs:
             lacked = set().union(*(self._lacks_for(s, task) for s in runs))
             self._end(task, "failed", error=_NoWorkerHas(
-                "task %s needs the module%s %s, which no worker of %s has (%s): install it "
+                "the task needs the module%s %s, which no worker of %s has (%s): install it "
                 "where a worker runs and start that worker again, or start a worker that has "
-                "it" % (task.id or "", "s" * (len(lacked) > 1), ", ".join(sorted(lacked)),
+                "it" % ("s" * (len(lacked) > 1), ", ".join(sorted(lacked)),
                         self.cluster, "; ".join(sorted({
                             "%s lacks %s" % (_machine_of(s), ", ".join(sorted(
                                 self._lacks_for(s, task)))) for s in runs}))),
@@ -4541,10 +4578,10 @@ class _Client(_Member):
                "Python's code differs between versions), and the workers here run %s: start "
                "a worker with Python %s, or define the function in a module that the "
                "workers can import" % (task.py, ", ".join(sorted({
-                   "%s (%s)" % (view.py or "?", _machine_of(s))
+                   "%s (%s)" % (_label(view.py)[:12] or "?", _machine_of(s))
                    for s, view in self.slots.items()})), task.py))
         task.future._waiting = why
-        if why not in self.explained:
+        if why not in self.explained and len(self.explained) < 100:
             self.explained.add(why)
             log.warning("%s", why)
 
@@ -4565,13 +4602,14 @@ class _Client(_Member):
     def _assign(self, task, slot, root):
         task.move("assigned")
         task.id, task.slot = secrets.token_hex(8), slot
+        task.worker = self._worker(slot)
         task.keys = tuple(_payload_key(root, task.id, what)
                           for what in (b"task", b"result", b"lines"))
         task.assigned_at = task.said_at = time.monotonic()
         task.resent = 0
         self.tasks[task.id] = task
         self.slots[slot].free -= 1
-        had = self.modules_at[_process_of(slot)]
+        had = self.modules_at[task.worker]
         _, small = task.carry({digest: source.text for digest, source in task.sources.items()
                                if digest not in had}, self.scratch)
         if small is not None:
@@ -4589,7 +4627,7 @@ class _Client(_Member):
 
     def _say_assign(self, task, only=None):
         """Say the task's assignment on the board (only these pieces, if given)."""
-        known = _process_of(task.slot) in self.known_to
+        known = task.worker in self.known_to
         fields = dict(to=task.slot, id=self.id, task=task.id, py=task.py, via=task.via,
                       can=self._ours(task),
                       dh=self.share.fingerprint if known else self.share.public)
@@ -4722,11 +4760,17 @@ class _Client(_Member):
         finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
+        if outcome.get("unsent") is True and not task.sent_again:
+            self.post(self._never_got, task)
+            return
         missing = outcome.get("missing")
-        if isinstance(missing, str) and _importable_here(missing):
+        if isinstance(missing, str) and _named_by(task, missing):
             # The worker lacks what we have: another worker may have it.
             self.post(self._lacks, task, missing)
             return
+        stored = outcome.get("stored")
+        if isinstance(stored, list):
+            self.post(self._kept, task, stored)
         task.future._replay = outcome
         error = outcome.get("error")
         if error is not None and outcome.get("traceback"):
@@ -4735,17 +4779,31 @@ class _Client(_Member):
         self.post(self._end_if, task, "receiving", "failed" if "error" in outcome
                   else "done", outcome.get("value"), error)
 
+    def _kept(self, task, digests):
+        """The worker of a task says it keeps these sources it carried."""
+        self.modules_at[task.worker].update(set(digests) & set(task.carried))
+
+    def _never_got(self, task):
+        """The worker of a task (receiving) has not the sources it names: once
+        more, with all of them."""
+        if self.tasks.get(task.id) is task and task.state == "receiving":
+            task.sent_again = True
+            self.modules_at[task.worker].difference_update(task.sources)
+            self._retry(task, "it never got the modules' sources", failed=False)
+
     def _lacks(self, task, module):
         """The slot of a task (receiving) did not have a module it needs."""
         if self.tasks.get(task.id) is not task or task.state != "receiving":
             return
         top = module.partition(".")[0]
-        self.lacking[_process_of(task.slot)].add(top)
+        self.lacking.setdefault(task.worker, set()).add(top)
         task.needs.add(top)
         task.lacked.append((module, task.slot))
         log.warning("task %s: worker %s does not have the module %s; trying another worker",
                     task.id, task.slot, module)
-        self._retry(task, "it does not have the module %s" % module, failed=False)
+        # Not a failure of the task, for a few workers (each can say it once).
+        self._retry(task, "it does not have the module %s" % module,
+                    failed=len(task.lacked) > LACKS)
 
     def _end_if(self, task, was, state, value, error):
         if task.state == was and self.tasks.get(task.id) is task:

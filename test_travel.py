@@ -14,11 +14,13 @@ import pickle
 import re
 import sys
 import textwrap
+import threading
 
 import pytest
 
 import p2p
 from test_p2p import host, p2p_command, worker
+from test_protocol import RawPeer, WAYS
 
 
 def project(stack, user, files):
@@ -118,6 +120,7 @@ HELPERS = {
             return Summary(len(xs), mypkg.stats.mean(xs), VERSION)
     """,
     "mypkg/__init__.py": "from . import stats\n",
+    "lazyhelp.py": "def hello():\n    return 'hi'\n",
     "mypkg/stats.py": """
         def mean(xs):
             return sum(xs) / len(xs)
@@ -131,10 +134,14 @@ def test_dianas_own_modules_go_to_carols_worker_once_per_version(stack, name):
     working = worker(stack, "carol", cluster)
     folder = project(stack, "diana", HELPERS)
     answer = run_script(stack, "diana", folder, """
-        import importlib, os, p2p, helpers, mypkg.stats
+        import importlib, os, p2p, helpers, lazyhelp, mypkg.stats
 
         def spread(i):                          # __main__'s, by value; helpers' by name
             return helpers.summarize(list(range(i + 1))), os.getcwd()
+
+        def inside():
+            import lazyhelp                     # imported there: not a global of ours
+            return lazyhelp.hello()
 
         with p2p.Executor() as ex:
             got = list(ex.map(spread, range(6), chunksize=1))
@@ -148,12 +155,15 @@ def test_dianas_own_modules_go_to_carols_worker_once_per_version(stack, name):
             importlib.reload(helpers)
             print("versions", [s.version for s, _ in ex.map(spread, range(3))])
             print("sent", sorted(len(d) for d in ex._client.modules_at.values()))
+            print("inside", ex.submit(inside).result(60))
+            print("sent", sorted(len(d) for d in ex._client.modules_at.values()))
     """, cluster)
     assert answer.returncode == 0, answer.stderr
     assert "means [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]" in answer.stdout
     assert "ours True" in answer.stdout  # helpers.Summary, diana's own class, came back
     assert "there True" in answer.stdout  # run on carol's worker, not in diana's folder
     assert "direct 3.0" in answer.stdout  # a function of mypkg.stats itself
+    assert "inside hi" in answer.stdout and "sent [5]" in answer.stdout
     # carol's one worker had the three modules once, then helpers' second version.
     assert answer.stdout.count("sent [3]") == 1 and "sent [4]" in answer.stdout, answer.stdout
     assert "versions [2, 2, 2]" in answer.stdout
@@ -314,3 +324,165 @@ def test_a_task_for_another_python_says_why_it_waits(stack, name):
     assert "still [False, False, False]" in answer.stdout
     # Said at once on stderr, and once for all three tasks.
     assert answer.stderr.count("waits for a worker on Python %s" % p2p.PY) == 1, answer.stderr
+
+
+# -- a member gone bad, and two honest clients on one worker ---------------------------
+
+DOUBLE = {"helpers.py": """
+    WHO = "diana's own helpers"
+
+    def double(x):
+        return 2 * x
+
+    def who():
+        return WHO
+"""}
+
+DIANA = """
+    import time, p2p, helpers
+
+    with p2p.Executor(retries=0) as ex:
+        c = ex._client
+        deadline = time.monotonic() + 60
+        while len(c.slots) < 2:                 # bob's slot, and carol's posing one
+            assert time.monotonic() < deadline, sorted(c.slots)
+            time.sleep(0.05)
+        print("slots", sorted(c.slots), flush=True)
+        for i in range(4):
+            try:
+                print("task", i, "ok", ex.submit(helpers.double, i).result(60), flush=True)
+            except Exception as exc:
+                print("task", i, "err", type(exc).__name__, exc, flush=True)
+        print("modules_at", {k: len(v) for k, v in c.modules_at.items()}, flush=True)
+        print("lacking", dict(c.lacking), flush=True)
+"""
+
+
+def diana_beside_carol_posing_as_bobs_slot(stack, name, answer):
+    """diana's DIANA script on alice's cluster, with bob's honest worker and
+    carol, a member, who says an idle line for a slot id under bob's worker
+    process (#0, so it sorts first), answers the one task it is given with
+    answer() (a pickled outcome), then says no more; (diana's
+    CompletedProcess, bob's slot id)."""
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    folder = project(stack, "diana", DOUBLE)
+    carol = RawPeer(stack, "carol", cluster, "carol@bad:1#1")
+    worker(stack, "bob", cluster)
+    bobs = carol.wait_for("idle")
+    fake = p2p._process_of(bobs["id"]) + "#0"
+    carol.id = fake
+    ran = {}
+    diana = threading.Thread(target=lambda: ran.update(answer=run_script(
+        stack, "diana", folder, DIANA, cluster)))
+    diana.start()
+    carol.wait_for("hello", role="client", user="diana")
+    carol.send("idle", id=fake, py=p2p.PY, dh=carol.share.public, free=1, can=WAYS)
+    assign = carol.wait_for("assign", to=fake, n=0)
+    sealed = p2p._seal(carol.key(assign, b"result"), answer())
+    tag = p2p._tag(carol.key(assign, b"lines"), "result", fake, assign["task"])
+    carol.say_payload("result", assign["id"], sealed, id=fake, task=assign["task"], free=0,
+                      tag=tag)
+    diana.join(180)
+    assert ran["answer"].returncode == 0, ran["answer"].stderr
+    return ran["answer"], bobs["id"]
+
+
+def outcome(**fields):
+    return p2p._dumps(dict(dict(stdout="", stderr="", warnings=[]), **fields), home=True)[0]
+
+
+def test_carol_posing_as_a_slot_of_bobs_worker_cannot_stop_dianas_sources_going_to_bob(
+        stack, name):
+    """carol's fake slot (under bob's process id, with a key share of her
+    own) takes a task that carries diana's helpers.py and answers it: that
+    says nothing of what bob's worker has."""
+    answer, _ = diana_beside_carol_posing_as_bobs_slot(stack, name, lambda: outcome(value=0))
+    # The first went to carol; the others to bob's honest worker, with the source.
+    assert "task 0 ok 0" in answer.stdout
+    assert all("task %d ok %d" % (i, 2 * i) in answer.stdout for i in (1, 2, 3)), answer.stdout
+
+
+def test_carol_posing_as_a_slot_of_bobs_worker_cannot_say_bob_lacks_dianas_module(
+        stack, name):
+    """carol's fake slot answers 'missing: helpers': she lacks it, not bob."""
+    missing = ModuleNotFoundError("No module named 'helpers'", name="helpers")
+    answer, bob = diana_beside_carol_posing_as_bobs_slot(stack, name, lambda: outcome(
+        error=missing, traceback="", missing="helpers"))
+    assert all("task %d ok %d" % (i, 2 * i) in answer.stdout for i in range(4)), answer.stdout
+    lacking = re.search(r"lacking \{\('([^']+)', '([^']+)'\): \{'helpers'\}\}$", answer.stdout,
+                        re.M)
+    assert lacking and lacking.group(1) == p2p._process_of(bob), answer.stdout  # her share's
+    assert answer.stderr.count("does not have the module helpers") == 1
+
+
+BOBS = {"helpers.py": """
+    WHO = "bob's own helpers"
+
+    def who():
+        return WHO
+"""}
+
+
+def test_bobs_own_helpers_are_not_dianas_on_carols_worker(stack, name):
+    """Two honest clients on carol's worker (one slot, one runner): bob's own
+    helpers.py, sent as source, is his tasks' alone; diana's task that imports
+    helpers gets the one carol's worker has installed, before and after."""
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    worker_env = installed(stack, "carol", "helpers", 'WHO = "carol\'s installed helpers"\n')
+    p2p_command(stack, "carol", "worker", cluster, env=worker_env).expect(
+        "worker carol@", stream="stderr", timeout=30)
+    diana_src = """
+        import p2p
+
+        def who():
+            import helpers
+            return helpers.WHO
+
+        with p2p.Executor() as ex:
+            print("diana got", ex.submit(who).result(60))
+    """
+    before = run_script(stack, "diana", project(stack, "diana", {}), diana_src, cluster)
+    assert "diana got carol's installed helpers" in before.stdout, before.stderr
+    folder = project(stack, "bob", BOBS)
+    answer = run_script(stack, "bob", folder, """
+        import p2p, helpers
+        with p2p.Executor() as ex:
+            print("bob got", ex.submit(helpers.who).result(60))
+    """, cluster)
+    assert "bob got bob's own helpers" in answer.stdout, answer.stderr
+    after = run_script(stack, "diana", project(stack, "diana", {}), diana_src, cluster)
+    assert "diana got carol's installed helpers" in after.stdout, after.stderr
+
+
+def test_a_worker_that_lost_dianas_sources_gets_them_again(stack, name, gate):
+    """/tmp cleaned under carol's running worker: diana's next task names
+    sources it no longer has; the runner says so, and they go again."""
+    cluster = "alice/" + name
+    host(stack, cluster, "carol,diana")
+    working = worker(stack, "carol", cluster)
+    folder = project(stack, "diana", dict(DOUBLE, **{"main.py": """
+        import p2p, helpers
+
+        with p2p.Executor(retries=0) as ex:
+            print("first", ex.submit(helpers.double, 1).result(60), flush=True)
+            open(%r).read(1)                       # carol's sources are gone now
+            print("again", ex.submit(helpers.double, 2).result(60), flush=True)
+    """ % gate.path}))
+    session = stack.process("diana", [sys.executable, os.path.join(folder, "main.py")],
+                            cwd=folder, env={"P2P_CLUSTER": cluster})
+    session.expect("first 2", timeout=60)
+    with open(os.path.join(folder, "helpers.py"), "rb") as f:
+        digest = p2p._digest(f.read())
+    kept = [path for path in (os.path.join("/tmp", entry, "modules", digest + ".py")
+                              for entry in os.listdir("/tmp") if entry.startswith("p2p-worker-"))
+            if os.path.exists(path)]
+    assert kept  # carol's worker keeps diana's helpers.py (and killed ones' may be there)
+    for path in kept:
+        os.remove(path)
+    gate.open()
+    assert session.wait(60) == 0, session.errors.decode()
+    assert "again 4" in session.output.decode()
+    assert any(os.path.exists(path) for path in kept)  # sent again, kept again
+    working.expect("from diana@", stream="stderr")
