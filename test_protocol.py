@@ -7,6 +7,7 @@ a client gone bad, strangers' lines of every odd shape, a runner killed by
 an unusual signal.
 """
 
+import io
 import json
 import os
 import random
@@ -149,7 +150,7 @@ def test_a_task_goes_to_the_slot_with_most_room_off_the_machines_it_failed_on():
 def test_a_task_moves_only_as_its_table_says(tmp_path):
     path = tmp_path / "task.pkl"
     path.write_bytes(b"x")
-    task = p2p._Task(str(path), False, None)
+    task = p2p._Task(str(path), p2p._Pickler(io.BytesIO()), None)
     for state in ("assigned", "receiving", "queued", "assigned", "receiving", "done"):
         task.move(state)
     with pytest.raises(AssertionError, match="cannot go from done to queued"):
