@@ -4330,11 +4330,12 @@ class _Client(_Member):
     RESEND_AFTER = ALIVE_EVERY + 2.0  # a worker silent since an assignment: say it again
     RESENDS = 2  # then it counts as not arrived
 
-    def __init__(self, config, cluster, user, retries=RETRIES, board=None):
+    def __init__(self, config, cluster, user, retries=RETRIES, board=None, max_workers=None):
         super().__init__(config, cluster, user, _peer_id(user))
         if board is not None:
             self.board, self.inbox, self._preconnected = board, board.inbox, True
         self.retries = retries
+        self.max_workers = max_workers  # tasks of ours that may run at once (None: any)
         self.share = _KeyShare()
         self.transports = _Transports(config, user)
         self.scratch = tempfile.mkdtemp(prefix="p2p-client-")
@@ -4526,6 +4527,8 @@ class _Client(_Member):
             return min(view.free, (DEPTH if view.quick else 1) - mine[slot])
 
         for task in list(self.queue):
+            if self.max_workers is not None and len(self.tasks) >= self.max_workers:
+                return
             room = {s: (v.py, space(s, v)) for s, v in self.slots.items() if space(s, v) > 0}
             if not room:
                 return
@@ -4820,18 +4823,30 @@ class _Client(_Member):
 
     # From the user's threads.
 
-    def withdraw(self):
-        """Cancel every queued task and withdraw the running ones from their workers."""
-        def withdraw_all():
+    def cancel_pending(self):
+        """Cancel every task that has not started (as concurrent.futures does)."""
+        def cancel():
             for task in list(self.queue):
                 if task.future.cancel():
                     self._end(task, "cancelled")
-            for task in list(self.tasks.values()) + list(self.queue):
-                if task.slot is not None and task.state != "queued":
-                    self._say_withdraw(task)
+        self.call(cancel)
+
+    def interrupt(self, futures=None):
+        """Stop the running tasks of these futures (all, if None) on their
+        workers, and end them with CancelledError; cancel those not started."""
+        def interrupt():
+            chosen = None if futures is None else {id(f) for f in futures}
+            for task in list(self.queue) + list(self.tasks.values()):
+                if chosen is not None and id(task.future) not in chosen:
+                    continue
+                if task.future.cancel():
+                    self._end(task, "cancelled")
+                    continue
+                if task.state != "queued":
+                    self._say_withdraw(task)  # its worker stops it, and frees the slot
                 self._end(task, "cancelled", error=concurrent.futures.CancelledError(
-                    "task %s was withdrawn" % task.id))
-        self.call(withdraw_all)
+                    "task %s was interrupted" % task.id))
+        self.call(interrupt)
 
     def workers_in_use(self):
         with self.lock:
@@ -4944,6 +4959,8 @@ class Executor(concurrent.futures.Executor):
     code and all, only for clusters whose members you all trust (P2P_TRUST).
     progress: show a progress bar of every call on stderr until shutdown
     (map can show one for its own calls).
+    max_workers: at most this many of its tasks run at once (default: as
+    many as there are worker slots free).
     send_modules: your own modules (imported from your files, not installed)
     go to workers as their source, once per worker and version (True, the
     default; P2P_SEND_MODULES); False sends them by name alone; a list of
@@ -4954,7 +4971,9 @@ class Executor(concurrent.futures.Executor):
     """
 
     def __init__(self, cluster=None, config=None, retries=None, progress=False,
-                 allow=None, trust=None, send_modules=None):
+                 allow=None, trust=None, send_modules=None, max_workers=None):
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
         self._config = copy.copy(config or Config())
         if allow is not None:
             self._config.allow = tuple(allow)
@@ -4979,7 +4998,7 @@ class Executor(concurrent.futures.Executor):
             if board is not None:
                 board.close()
             raise
-        self._client = _Client(self._config, self.cluster, user, retries, board)
+        self._client = _Client(self._config, self.cluster, user, retries, board, max_workers)
         self._lock = threading.Lock()
         self._shutdown = False
         self._counting = threading.local()  # a map's own progress bar
@@ -4991,6 +5010,8 @@ class Executor(concurrent.futures.Executor):
         self._progress = _Progress(self._client) if progress else None
 
     def submit(self, fn, /, *args, **kwargs):
+        with self._lock:
+            self._check_open()
         # Pickled straight to a file: a large argument is not copied in memory.
         fd, path = tempfile.mkstemp(suffix=".pkl", dir=self._client.scratch)
         try:
@@ -5004,14 +5025,22 @@ class Executor(concurrent.futures.Executor):
             raise P2PError(_describe_unpicklable(fn, args, kwargs)) from None
         future = _TaskFuture()
         with self._lock:
-            if self._shutdown:
+            try:
+                self._check_open()
+            except RuntimeError:
                 os.remove(path)
-                raise RuntimeError("cannot schedule new futures after shutdown")
+                raise
             self._client.put(_Task(path, pickler, future))
         progress = getattr(self._counting, "progress", None) or self._progress
         if progress is not None:
             progress.count(future, len(args[1]) if fn is _call_chunk else 1)
         return future
+
+    def _check_open(self):
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def map(self, fn, *iterables, timeout=None, chunksize=None, progress=False):
         """As concurrent.futures' map; calls go to workers chunksize at a time.
@@ -5020,6 +5049,8 @@ class Executor(concurrent.futures.Executor):
         chunks per worker slot it knows of (as multiprocessing's Pool does).
         progress: show a progress bar of these calls on stderr.
         """
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
         if chunksize is None:
             chunksize = self._chunksize(iterables)
         own = _Progress(self._client) if progress and self._progress is None else None
@@ -5030,7 +5061,7 @@ class Executor(concurrent.futures.Executor):
             batches = _batched(zip(*iterables), chunksize)
             results = super().map(_call_chunk, itertools.repeat(fn), batches,
                                   timeout=timeout)
-            return (value for batch in results for value in batch)
+            return _unbatched(results)
         finally:
             self._counting.progress = None
             if own is not None:
@@ -5045,13 +5076,20 @@ class Executor(concurrent.futures.Executor):
             slots = max(1, len(self._client.slots))
         return -(-count // (4 * slots))  # rounded up
 
+    def interrupt(self, *futures):
+        """Stop running tasks: those of these futures, or all of this
+        executor's when none are given. Their workers stop them at once,
+        their futures end with CancelledError and their slots are free
+        again; a future not started yet is cancelled."""
+        self._client.interrupt(futures or None)
+
     def shutdown(self, wait=True, *, cancel_futures=False):
         with self._lock:
             if self._shutdown:
                 return
             self._shutdown = True
-        if cancel_futures:
-            self._client.withdraw()
+        if cancel_futures:  # those not started: running ones finish
+            self._client.cancel_pending()
         unfinished = self._client.unfinished()
 
         def finish():
@@ -5068,9 +5106,18 @@ class Executor(concurrent.futures.Executor):
 
     def __exit__(self, kind, value, trace):
         # Interrupted (Ctrl-C): stop the tasks on the workers, do not wait.
-        interrupted = kind is not None and issubclass(kind, KeyboardInterrupt)
-        self.shutdown(wait=True, cancel_futures=interrupted)
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            self.interrupt()
+        self.shutdown(wait=True)
         return False
+
+
+def _unbatched(batches):
+    """The values of batches (lists) in turn, each let go once handed out."""
+    for batch in batches:
+        batch.reverse()
+        while batch:
+            yield batch.pop()
 
 
 def _batched(iterable, size):
@@ -5087,6 +5134,17 @@ def _batched(iterable, size):
 _default = None
 _default_lock = threading.Lock()
 _interrupted = False
+_exiting = False  # the interpreter is shutting down: no new tasks (as for thread pools)
+
+
+def _exit_begins():
+    global _exiting
+    _exiting = True
+
+
+if hasattr(threading, "_register_atexit"):  # before atexit's handlers, as the pools do
+    with contextlib.suppress(RuntimeError):  # imported while exiting
+        threading._register_atexit(_exit_begins)
 
 
 def _default_executor():
@@ -5101,8 +5159,9 @@ def _default_executor():
 def _shutdown_default():
     # At exit after an uncaught Ctrl-C, withdraw the script's tasks rather
     # than wait for them (sys.last_type is the exception that ended it).
-    interrupted = _interrupted or getattr(sys, "last_type", None) is KeyboardInterrupt
-    _default.shutdown(wait=True, cancel_futures=interrupted)
+    if _interrupted or getattr(sys, "last_type", None) is KeyboardInterrupt:
+        _default.interrupt()
+    _default.shutdown(wait=True)
 
 
 def submit(fn, /, *args, **kwargs):

@@ -885,7 +885,7 @@ def test_result_and_map_time_out_as_in_concurrent_futures(stack):
                     wait()
                 except concurrent.futures.TimeoutError:
                     print("timed out", round(time.monotonic() - started) < 10)
-            ex.shutdown(cancel_futures=True)
+            ex.interrupt()  # the sleeps go on, else
     """)
     assert answer.stdout == "timed out True\n" * 2, answer.stderr
 
@@ -901,24 +901,85 @@ def test_cancelling_a_queued_task_withdraws_it(stack):
     assert answer.stdout == "True True\n", answer.stderr
 
 
-def test_shutdown_with_cancel_futures_stops_running_tasks(stack, name):
+def test_bob_interrupts_a_running_task_and_its_slot_is_free_again(stack, name):
     cluster = "alice/" + name
     host(stack, cluster, "bob,carol,diana")
     working = doomed_worker(stack, "carol", cluster)
     client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
-        import sys, time, p2p
+        import os, sys, time, p2p
         ex = p2p.Executor()
         f = ex.submit(time.sleep, 600)
         sys.stdin.readline()         # the test says when the worker has it
-        ex.shutdown(cancel_futures=True)
-        print(repr(f.exception(timeout=5)))
+        ex.interrupt(f)
+        print(repr(f.exception(timeout=5)), f.cancelled(), flush=True)
+        print("next", ex.submit(abs, -7).result(30), flush=True)   # the one slot
+        ex.shutdown()
     """)], env={"P2P_CLUSTER": cluster})
     working.expect("board: p2p4 assign", stream="stderr")
     client.send("go\n")
+    working.expect("withdrew: stopping its task", stream="stderr", timeout=2)
     assert client.wait(timeout=30) == 0, client.errors
     assert client.output.startswith(b"CancelledError('task ")
-    working.expect("withdrew: stopping its task", stream="stderr", timeout=2)
-    check_a_task_runs(stack, "diana", cluster)
+    assert b"next 7" in client.output
+
+
+def test_shutdown_with_cancel_futures_cancels_what_waits_and_lets_the_running_finish(
+        stack, name, gate):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    working = doomed_worker(stack, "carol", cluster)
+    client = stack.process("bob", [sys.executable, "-c", textwrap.dedent("""
+        import sys, p2p
+
+        def when_told(gate):
+            with open(gate, "rb") as f:
+                f.read(1)
+            return "finished"
+
+        ex = p2p.Executor(max_workers=1)
+        running = ex.submit(when_told, %r)
+        waiting = [ex.submit(abs, -i) for i in range(3)]
+        sys.stdin.readline()         # the test says when the worker has the first
+        ex.shutdown(wait=False, cancel_futures=True)
+        print([f.cancelled() for f in waiting], flush=True)
+        print(running.result(60))
+        try:
+            ex.submit(abs, 1)
+        except RuntimeError as exc:
+            print(exc)
+    """ % gate.path)], env={"P2P_CLUSTER": cluster})
+    working.expect("board: p2p4 assign", stream="stderr")
+    client.send("go\n")
+    client.expect("[True, True, True]\n", timeout=15)
+    gate.open()
+    assert client.wait(timeout=30) == 0, client.errors
+    assert client.output.endswith(b"finished\ncannot schedule new futures after shutdown\n")
+
+
+def test_max_workers_must_be_one_or_more_as_for_any_executor():
+    for number in (0, -1):
+        with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+            p2p.Executor(max_workers=number)
+
+
+def test_max_workers_runs_at_most_that_many_of_its_tasks_at_once(stack, name):
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    worker(stack, "carol", cluster, "--workers", "3")
+    answer = script(stack, "bob", """
+        import time, p2p
+
+        def spell():
+            began = time.monotonic()     # the machine's clock: one for all processes
+            time.sleep(1.0)
+            return began, time.monotonic()
+
+        with p2p.Executor(max_workers=2) as ex:
+            spells = sorted(f.result(60) for f in [ex.submit(spell) for _ in range(6)])
+        at_once = max(sum(b < end and began < e for b, e in spells) for began, end in spells)
+        print("at once", at_once)
+    """, env={"P2P_CLUSTER": cluster})
+    assert "at once 2" in answer.stdout, answer.stderr  # 3 slots free, 2 used
 
 
 def test_ctrl_c_in_a_script_stops_its_tasks_on_the_workers(stack, name):
