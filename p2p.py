@@ -143,6 +143,9 @@ class _RemoteTraceback(Exception):
 PY = "%d.%d" % sys.version_info[:2]  # by-value code runs only on the same minor
 JOIN_TIMEOUT = 15.0  # seconds to find a cluster's host before giving up
 ANSWER_TIMEOUT = 3.0  # seconds to wait for a host's welcome on one connection
+# Seconds a new Executor waits to hear a worker answer its hello: then its
+# first tasks go at once, and map's chunks are sized for the slots there.
+WORKERS_WAIT = 1.0
 HOST_CHECK = 3.0  # seconds between the host's looks at ls
 IDLE_EVERY = 15.0  # seconds between an idle worker's announcements
 ALIVE_EVERY = 5.0  # seconds between the "alive" lines of a peer with work in flight
@@ -913,19 +916,23 @@ class _Peer:
                 item = None
             with self.lock:
                 try:
-                    if isinstance(item, bytes):
-                        self._hear(item)
-                    elif item == _DROP:
-                        self.on_drop()
-                    elif item is not None:
-                        action, args = item
-                        action(*args)
+                    self._take(item)
                     if time.monotonic() >= next_tick and not self._stopped:
                         next_tick = time.monotonic() + self.TICK
                         self.tick()
                 except Exception:
                     shown = item[:300] if isinstance(item, bytes) else item
                     log.exception("%s: failed while handling %r; going on", self.role, shown)
+            item = None  # not held while we wait: a result handed out is the user's
+
+    def _take(self, item):
+        if isinstance(item, bytes):
+            self._hear(item)
+        elif item == _DROP:
+            self.on_drop()
+        elif item is not None:
+            action, args = item
+            action(*args)
 
     def _hear(self, line):
         msg = _decode(line, self.key, self.wants)
@@ -4349,6 +4356,7 @@ class _Client(_Member):
         self.modules_at = collections.defaultdict(set)  # worker -> digests it keeps
         self.lacking = {}  # worker -> the modules it has not
         self.explained = set()  # why tasks wait, as said on stderr
+        self.heard_a_worker = threading.Event()
         self.alive_said = 0.0
         # Futures are settled on a thread of their own: user callbacks run
         # there, never on the peer's thread, and large results load there.
@@ -4363,6 +4371,7 @@ class _Client(_Member):
     def start(self):
         self._settler.start()
         self.join()
+        self.heard_a_worker.wait(WORKERS_WAIT)
 
     def put(self, task):
         with self.lock:  # queued now: shutdown() counts it among the unfinished
@@ -4381,6 +4390,7 @@ class _Client(_Member):
             return  # a worker's share is its for life: this is someone posing as it
         if known is None:
             known = self.slots[msg["id"]] = _SlotView(msg["py"], msg["dh"], 0, [])
+            self.heard_a_worker.set()
         known.free, known.can = min(msg["free"], DEPTH), msg["can"]
         if msg["free"] == DEPTH:  # the slot holds nothing
             self._resend_unheld(lambda slot: slot == msg["id"])
@@ -4735,6 +4745,7 @@ class _Client(_Member):
                 item[0](*item[1:])
             except Exception:
                 log.exception("settling a result failed")
+            item = None  # not held while we wait: a result handed out is the user's
 
     def _load_result(self, task, payload):
         """Load a result (sealed bytes from the board, or the path of one

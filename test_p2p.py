@@ -956,6 +956,41 @@ def test_shutdown_with_cancel_futures_cancels_what_waits_and_lets_the_running_fi
     assert client.output.endswith(b"finished\ncannot schedule new futures after shutdown\n")
 
 
+def test_bobs_executor_keeps_the_contract_of_concurrent_futures(stack):
+    worker(stack, "bob", None, "--workers", "2")
+    answer = script(stack, "bob", """
+        import atexit, gc, weakref, p2p
+
+        class Made:
+            pass
+
+        ex = p2p.Executor()
+        try:
+            ex.map(abs, [1], chunksize=-1)
+        except ValueError as exc:
+            print("chunksize:", exc)
+        for chunksize in (1, 3):
+            gone = []
+            for made in ex.map(lambda _: Made(), range(6), chunksize=chunksize):
+                ref = weakref.ref(made)
+                del made
+                gc.collect()
+                gone.append(ref() is None)
+            print("let go", chunksize, all(gone))
+
+        def at_exit():
+            try:
+                ex.submit(abs, -1)
+            except RuntimeError as exc:
+                print("at exit:", exc)
+        atexit.register(at_exit)
+    """)
+    assert answer.returncode == 0, answer.stderr
+    assert "chunksize: chunksize must be >= 1." in answer.stdout
+    assert "let go 1 True" in answer.stdout and "let go 3 True" in answer.stdout
+    assert "at exit: cannot schedule new futures after interpreter shutdown" in answer.stdout
+
+
 def test_max_workers_must_be_one_or_more_as_for_any_executor():
     for number in (0, -1):
         with pytest.raises(ValueError, match="max_workers must be greater than 0"):
