@@ -26,7 +26,8 @@ How a task travels (one board round trip):
       |  -- took T ------------------------------------------------> |
 
 Functions and classes that pickle cannot send by reference (lambdas,
-closures, those of ``__main__``) are sent by value. Each task runs in a
+closures, those of ``__main__``) are sent by value, and the modules of
+your own with their source, once per worker. Each task runs in a
 child process of its worker, so a task that crashes fails alone. A client
 loads results through an allow-list unless told to trust the cluster
 (P2P_TRUST=1). A shared cluster has a key, which its owner hands each
