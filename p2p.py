@@ -440,8 +440,12 @@ def _ssh_settings(argv, host):
                  if line.split(" ", 1)[0] not in ("host", "remotecommand")]
         _settings[key] = "".join(line + "\n" for line in lines) or None
         if not lines:
-            log.debug("ssh -G %s did not say what ssh's settings are: transfers' "
-                      "topics show in ps", host)
+            why = (said.stderr.decode(errors="replace").strip().splitlines() or [""])[-1] \
+                if said else "it did not run"
+            log.warning("`ssh -G %s` did not say what ssh's settings are (%s): p2p.py goes "
+                        "on, but the topics of its ssh transfers show in this machine's "
+                        "process list (their bytes are sealed all the same)", host,
+                        why[:200] or "no output")
     return _settings[key]
 
 
@@ -3897,10 +3901,12 @@ class _Worker(_Member):
         self.slots = {slot_id: _Slot(slot_id, modules) for slot_id in ids}
         self.share = _KeyShare()
         self.transports = _Transports(config, user)
-        self.jobs = {}  # task id -> _Job
+        # By (client id, task id): a task id is its client's to choose, and
+        # another member who learns one must not take its place.
+        self.jobs = {}  # (client, task) -> _Job
         self.assembly = _Assembly()
         self.done = 0
-        self.seen = collections.deque(maxlen=10000)  # task ids assigned to us
+        self.seen = collections.deque(maxlen=10000)  # (client, task) assigned to us
         self.stopped = threading.Event()
         self.alive_said = self.announced = 0.0
         self.spare = _Board(config, cluster.channel, None)  # heard by no one: drained
@@ -3936,7 +3942,8 @@ class _Worker(_Member):
 
     def _on_assign(self, msg):
         slot, task = self.slots.get(msg.to), msg["task"]
-        if slot is None or task in self.jobs or task in self.seen:
+        key = (msg["id"], task)
+        if slot is None or key in self.jobs or key in self.seen:
             return  # not ours, sent again, or replayed
         sealed = self.assembly.add(msg) if msg["of"] else None
         if msg["of"] and sealed is None:
@@ -3960,8 +3967,8 @@ class _Worker(_Member):
             self._decline(msg["id"], slot, task, why,
                           root and _payload_key(root, task, b"lines"))
             return
-        self.seen.append(task)
-        job = self.jobs[task] = _Job(slot, msg, root, tempfile.mkdtemp(dir=self.scratch))
+        self.seen.append(key)
+        job = self.jobs[key] = _Job(slot, msg, root, tempfile.mkdtemp(dir=self.scratch))
         slot.jobs.append(job)
         slot.queue.put(job)
         if sealed is None:
@@ -3981,17 +3988,17 @@ class _Worker(_Member):
             job.ready.set()
 
     def _on_took(self, msg):
-        job = self.jobs.get(msg["task"])
+        job = self.jobs.get((msg["id"], msg["task"]))
         if job is not None and job.result is not None and _tagged(msg, job.line_key):
             self._forget(job)
 
     def _on_again(self, msg):
-        job = self.jobs.get(msg["task"])
+        job = self.jobs.get((msg["id"], msg["task"]))
         if job is not None and isinstance(job.result, bytes) and _tagged(msg, job.line_key):
             self._say_result(job, _missing(msg))
 
     def _on_withdraw(self, msg):
-        job = self.jobs.get(msg["task"])
+        job = self.jobs.get((msg["id"], msg["task"]))
         if job is not None and job.slot.id == msg.to and _tagged(msg, job.line_key):
             self._abandon(job, "withdrew")
 
@@ -4004,7 +4011,7 @@ class _Worker(_Member):
         if online_since is None:
             return
         if self.jobs and now - self.alive_said >= ALIVE_EVERY:
-            self.say("alive", id=self.id, held=sorted(self.jobs))
+            self.say("alive", id=self.id, held=sorted(task for _, task in self.jobs))
             self.alive_said = now
         for job in list(self.jobs.values()):
             if now - max(job.since, online_since, self.heard.get(job.client, 0.0)) > LOST_AFTER:
@@ -4019,7 +4026,8 @@ class _Worker(_Member):
                     self._say_result(job)
         for first, missing in self.assembly.stalled():
             slot, task = self.slots.get(first.to), first["task"]
-            if slot is None or task in self.jobs or task in self.seen:
+            if slot is None or (first["id"], task) in self.jobs or (
+                    first["id"], task) in self.seen:
                 continue
             try:
                 key = _payload_key(self.share.root(first["dh"], self.salt), task, b"lines")
@@ -4149,8 +4157,8 @@ class _Worker(_Member):
         self._forget(job)
 
     def _forget(self, job):
-        if self.jobs.get(job.id) is job:
-            del self.jobs[job.id]
+        if self.jobs.get((job.client, job.id)) is job:
+            del self.jobs[job.client, job.id]
             _kill(job.transfers)
             shutil.rmtree(job.folder, ignore_errors=True)
 

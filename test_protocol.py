@@ -502,6 +502,41 @@ def test_a_peer_of_another_protocol_is_told_once_to_upgrade(stack, name):
     assert "upgrade theirs" in said and "upgrade ours" in said
 
 
+def test_a_task_id_is_its_clients_own_on_the_worker(stack, name, gate):
+    """bob gone bad reads diana's assignment and sends one of his own with
+    her task's id to the same slot: the worker runs each as its client's."""
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    working = doomed_worker(stack, "carol", cluster)
+    bad = RawPeer(stack, "bob", cluster, "bob@bad:1")
+    bad.send("hello", id=bad.id, role="client", user="bob", py=p2p.PY, proof="")
+    share = bad.wait_for("idle")["dh"]
+    client = stack.process("diana", [sys.executable, "-c", textwrap.dedent("""
+        import p2p
+
+        def when_told(gate):
+            with open(gate, "rb") as f:  # blocks until the test opens it
+                return f.read(1)
+
+        print(p2p.submit(when_told, %r).result(120))
+    """ % gate.path)], env={"P2P_CLUSTER": cluster})
+    assign = bad.wait_for("assign", n=0)
+    task, slot = assign["task"], assign.to
+    root = bad.share.root(share, bad.salt)
+    sealed = p2p._seal(p2p._payload_key(root, task, b"task"), p2p._dumps((abs, (-5,), {}))[0])
+    bad.say_payload("assign", slot, sealed, id=bad.id, task=task, dh=bad.share.public, py="",
+                    can=WAYS)
+    gate.open()  # hers ends, then his runs in the same slot: said before hers ends
+    answer = bad.wait_for(("decline", "result"), to=bad.id, task=task)
+    assert answer.kind == "result", answer["why"]
+    outcome = p2p._load(io.BytesIO(p2p._open(p2p._payload_key(root, task, b"result"),
+                                             bad.payload(answer))), trust=True)
+    assert outcome["value"] == 5  # his own, under her id
+    assert client.wait(timeout=60) == 0, client.errors
+    assert client.output == b"b'!'\n"
+    assert ("task %s from diana@" % task).encode() in working.errors  # hers, first try
+
+
 def test_a_member_cannot_end_or_answer_someone_elses_task(stack, name, gate):
     cluster = "alice/" + name
     host(stack, cluster, "bob,carol,diana")

@@ -47,6 +47,15 @@ def test_p2p_transport_forces_one_way_or_says_what_it_takes(monkeypatch):
         p2p.Config()
 
 
+def test_an_ssh_that_cannot_say_its_settings_is_a_warning_not_an_end(caplog):
+    with caplog.at_level("WARNING", logger="p2p"):
+        assert p2p._ssh_settings(["sh", "-c", "echo no such option >&2; exit 255", "-"],
+                                 "pipe.example") is None
+    assert "`ssh -G pipe.example` did not say what ssh's settings are (no such option)" \
+        in caplog.text
+    assert "process list" in caplog.text
+
+
 def test_ssh_reads_back_its_settings_with_spaces_in_paths(tmp_path):
     """What ssh -G says, written back with -F, means the same to ssh: a key or
     known-hosts file in a folder with a space in its name included."""
