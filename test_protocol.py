@@ -502,6 +502,19 @@ def test_a_peer_of_another_protocol_is_told_once_to_upgrade(stack, name):
     assert "upgrade theirs" in said and "upgrade ours" in said
 
 
+def dianas_task_until_the_gate_opens(stack, cluster, gate):
+    """diana's script, printing the result of a task that ends when the gate opens."""
+    return stack.process("diana", [sys.executable, "-c", textwrap.dedent("""
+        import p2p
+
+        def when_told(gate):
+            with open(gate, "rb") as f:  # blocks until the test opens it
+                return f.read(1)
+
+        print(p2p.submit(when_told, %r).result(120))
+    """ % gate.path)], env={"P2P_CLUSTER": cluster})
+
+
 def test_a_task_id_is_its_clients_own_on_the_worker(stack, name, gate):
     """bob gone bad reads diana's assignment and sends one of his own with
     her task's id to the same slot: the worker runs each as its client's."""
@@ -511,15 +524,7 @@ def test_a_task_id_is_its_clients_own_on_the_worker(stack, name, gate):
     bad = RawPeer(stack, "bob", cluster, "bob@bad:1")
     bad.send("hello", id=bad.id, role="client", user="bob", py=p2p.PY, proof="")
     share = bad.wait_for("idle")["dh"]
-    client = stack.process("diana", [sys.executable, "-c", textwrap.dedent("""
-        import p2p
-
-        def when_told(gate):
-            with open(gate, "rb") as f:  # blocks until the test opens it
-                return f.read(1)
-
-        print(p2p.submit(when_told, %r).result(120))
-    """ % gate.path)], env={"P2P_CLUSTER": cluster})
+    client = dianas_task_until_the_gate_opens(stack, cluster, gate)
     assign = bad.wait_for("assign", n=0)
     task, slot = assign["task"], assign.to
     root = bad.share.root(share, bad.salt)
@@ -542,15 +547,7 @@ def test_a_member_cannot_end_or_answer_someone_elses_task(stack, name, gate):
     host(stack, cluster, "bob,carol,diana")
     working = doomed_worker(stack, "carol", cluster)
     bad = RawPeer(stack, "bob", cluster, "bob@bad:1")  # a member gone bad
-    client = stack.process("diana", [sys.executable, "-c", textwrap.dedent("""
-        import p2p
-
-        def when_told(gate):
-            with open(gate, "rb") as f:  # blocks until the test opens it
-                return f.read(1)
-
-        print(p2p.submit(when_told, %r).result(120))
-    """ % gate.path)], env={"P2P_CLUSTER": cluster})
+    client = dianas_task_until_the_gate_opens(stack, cluster, gate)
     assign = bad.wait_for("assign", n=0)
     fields = dict(task=assign["task"], tag="0" * 32)
     bad.send("withdraw", assign.to, id=assign["id"], **fields)  # in diana's name
