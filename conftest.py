@@ -47,7 +47,9 @@ def _reap(request):
 
 
 class Gate:
-    """A FIFO that a task blocks on, reading, until the test opens it: no polling."""
+    """A FIFO that a task blocks on, reading, until the test opens it: no polling.
+    Tasks that share one read it unbuffered (buffering=0): a buffered read(1)
+    takes every byte there, and the next task waits for ever."""
 
     def __init__(self, path):
         os.mkfifo(path)
