@@ -1930,11 +1930,10 @@ def _source_of(name, extra):
     module = sys.modules.get(name)
     spec = getattr(module, "__spec__", None)
     path = getattr(spec, "origin", None)
-    if name == "__main__" or not isinstance(path, str) or not path.endswith(".py") or (
+    if _runners_own(name) or not isinstance(path, str) or not path.endswith(".py") or (
             _own_module(name) is None and not any(
-                name == e or name.startswith(e + ".") for e in extra)) or (
-            _standard(name) or name.partition(".")[0] == __name__):
-        return None  # the standard library and p2p.py are the worker's own
+                name == e or name.startswith(e + ".") for e in extra)):
+        return None
     try:
         status = os.stat(path)
         stamp = (path, status.st_mtime_ns, status.st_size)
@@ -1951,6 +1950,12 @@ def _source_of(name, extra):
     source = _Source(name, _digest(text), spec.submodule_search_locations is not None, text)
     _sources[name] = (stamp, source)
     return source
+
+
+def _runners_own(name):
+    """True for the modules a task runner has of its own, never sent: its
+    __main__, the standard library and p2p.py."""
+    return name == "__main__" or _standard(name) or name.partition(".")[0] == __name__
 
 
 def _digest(text):
@@ -2063,8 +2068,7 @@ class _SentModules:
         """From now on, these names are these versions: ((name, digest,
         package), ...). A module loaded in another version goes."""
         for name, digest, package in closure:
-            if (name == "__main__" or _standard(name) or name.partition(".")[0] == __name__
-                    or not re.fullmatch(r"[0-9a-f]{32}", str(digest))):
+            if _runners_own(name) or not re.fullmatch(r"[0-9a-f]{32}", str(digest)):
                 continue  # never in place of the runner's own
             self.versions[name] = (digest, package)
             loaded = sys.modules.get(name)
@@ -4288,20 +4292,21 @@ class _Task:
 
     def carry(self, sources, folder):
         """What goes to a slot: the call, after sources ({digest: text}) if
-        any: its size, and its bytes if it is small enough for the board."""
+        any; its bytes if it is small enough for the board, else None (it
+        goes from self.payload)."""
         prefix = pickle.dumps(sources, pickle.HIGHEST_PROTOCOL) if sources else b""
         self.carried = tuple(sources)
-        size = self.sent_size = len(prefix) + self.size
-        if size + SEAL_OVERHEAD <= BOARD_MAX:
+        self.sent_size = len(prefix) + self.size
+        if self.sent_size + SEAL_OVERHEAD <= BOARD_MAX:
             with open(self.path, "rb") as f:
-                return size, prefix + f.read()
+                return prefix + f.read()
         self.payload = self.path
         if prefix:  # to the first worker of a large task; others get the plain one
             self.payload = os.path.join(folder, "with-modules-" + os.path.basename(self.path))
             with open(self.payload, "wb") as f, open(self.path, "rb") as call:
                 f.write(prefix)
                 shutil.copyfileobj(call, f, 1 << 20)
-        return size, None
+        return None
 
     def move(self, state):
         if state not in _MOVES[self.state]:
@@ -4632,7 +4637,7 @@ class _Client(_Member):
         self.tasks[task.id] = task
         self.slots[slot].free -= 1
         had = self.modules_at[task.worker]
-        _, small = task.carry({digest: source.text for digest, source in task.sources.items()
+        small = task.carry({digest: source.text for digest, source in task.sources.items()
                                if digest not in had}, self.scratch)
         if small is not None:
             task.via = "board"
