@@ -348,6 +348,8 @@ def _ssh(config, host, words, unseen=False, **popen):
     argv = (["ssh", "-T"] + config.ssh_args +
             ["-o", "BatchMode=yes", "-o", "ServerAliveInterval=15",
              "-o", "ServerAliveCountMax=3"])
+    if host == config.host:
+        argv = argv + _master_options(argv, host, config.debug)
     settings = _ssh_settings(argv, host) if unseen else None
     if config.debug:
         log.debug("run: %s", shlex.join(argv + [host] + list(words)))
@@ -364,6 +366,119 @@ def _ssh(config, host, words, unseen=False, **popen):
     except BaseException:
         _remove_private_file(path)
         raise
+
+
+# One connection, many sessions. An ssh connection costs a key exchange and
+# round trips (~0.5 s on the internet, and on a small machine more CPU than
+# a transfer's bytes), so the sessions a process opens to its board's host
+# ride one connection as channels of their own (ssh's ControlMaster). The
+# first session there starts the master in the background and goes direct,
+# as do the others until it is up (at most MASTER_WAIT). The master ends by
+# itself MASTER_IDLE seconds after its last session: a process killed
+# outright leaves it behind no longer than that.
+MASTER_WAIT = 15.0
+MASTER_IDLE = 60
+_MASTER_RETRY = 60.0  # seconds of going direct after a master would not start
+_masters, _masters_lock = {}, threading.Lock()
+_masters_closed = threading.Event()  # a master that comes up now is stopped at once
+
+
+class _Master:
+    """ssh's master connection to host, for the ssh command line argv."""
+
+    def __init__(self, argv, host):
+        self.argv, self.host = list(argv), host
+        self.lock = threading.Lock()
+        self.folder = self.pid = self.failed = None
+        self.starting = False
+
+    def options(self, debug):
+        """What makes an ssh session ride this connection; nothing while it
+        is not up (it is started then, unless it would not start lately)."""
+        with self.lock:
+            if not self.starting and not self.up() and not (
+                    self.failed and time.monotonic() - self.failed < _MASTER_RETRY):
+                self.stop()
+                self.starting = True
+                self.folder = tempfile.mkdtemp(prefix="p2p-ssh-")
+                threading.Thread(target=self.start, args=(debug,), daemon=True,
+                                 name="p2p-ssh-master").start()
+            if self.starting or self.pid is None:
+                return []
+            return ["-o", "ControlMaster=no", "-o", "ControlPath=" + self.path]
+
+    @property
+    def path(self):
+        return os.path.join(self.folder, "master")
+
+    def up(self):
+        if self.pid is None or not os.path.exists(self.path):
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except OSError:
+            return False
+        return True
+
+    def start(self, debug):
+        control = ["-o", "ControlPath=" + self.path]
+        if debug:
+            log.debug("run: the shared ssh connection to %s", self.host)
+        # Its stderr in a file: the master it leaves in the background may
+        # hold it open (older OpenSSH), and a pipe would wait for it.
+        with tempfile.TemporaryFile() as said:
+            try:
+                started = subprocess.run(
+                    self.argv + control + ["-o", "ControlMaster=yes", "-o",
+                                           "ControlPersist=%d" % MASTER_IDLE, "-N", self.host],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=said,
+                    timeout=MASTER_WAIT)
+                check = subprocess.run(self.argv + control + ["-O", "check", self.host],
+                                       stdin=subprocess.DEVNULL, capture_output=True,
+                                       timeout=MASTER_WAIT)
+                found = re.search(rb"\(pid=(\d+)\)", check.stderr)
+                pid = int(found.group(1)) if started.returncode == 0 and found else None
+            except (OSError, subprocess.SubprocessError):
+                pid = None
+            said.seek(0)
+            why = said.read(4096).decode(errors="replace").strip()
+        with self.lock:
+            self.pid, self.starting = pid, False
+            self.failed = None if pid else time.monotonic()
+            if _masters_closed.is_set():
+                self.stop()
+        if pid is None:
+            log.debug("no shared ssh connection to %s: each session connects on its own%s",
+                      self.host, " (ssh said: %s)" % why[-300:] if why else "")
+
+    def stop(self):
+        if self.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGTERM)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder = self.pid = None
+
+
+def _master_options(argv, host, debug=False):
+    """The options of an ssh session to host that make it ride the process's
+    one connection there (see _Master); none where ssh cannot share one, or
+    the user's own settings share theirs."""
+    if os.name != "posix" or any(word in ("-M", "-S") or "control" in word.lower()
+                                 for word in argv):
+        return []
+    with _masters_lock:
+        master = _masters.setdefault((tuple(argv), host), _Master(argv, host))
+    return master.options(debug)
+
+
+@atexit.register
+def _stop_masters():
+    _masters_closed.set()
+    with _masters_lock:
+        for master in _masters.values():
+            master.stop()
+        _masters.clear()
 
 
 class _Unseen(subprocess.Popen):

@@ -13,10 +13,12 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -554,6 +556,31 @@ def test_an_ssh_connection_pays_the_set_up_delay(internet, loopback, topic):
         session.send("first\n")
         session.expect("first\n")
     assert seconds(echo) >= 0.400 + 0.080
+
+
+def test_a_session_on_an_open_connection_pays_only_the_session_delay(internet):
+    """ssh's multiplexing: a further session on a connection already open
+    (ControlMaster) starts INTERNET.session_ms late, a new connection's
+    first session INTERNET.ssh_ms; sshd's log counts the connections."""
+    folder = tempfile.mkdtemp(prefix="mux-", dir="/tmp")  # a socket's path is short
+    control = ["-o", "ControlPath=" + os.path.join(folder, "master")]
+    before = internet.connections("alice")
+    try:
+        master = internet.run("alice", ["ssh"] + control + [
+            "-o", "ControlMaster=yes", "-o", "ControlPersist=30", "-N", "pipe.pico.sh"])
+        assert master.returncode == 0, master.stderr
+        on_it = min(seconds(lambda: internet.run("alice", ["ssh", "-o", "ControlMaster=no"] +
+                                                 control + ["pipe.pico.sh", "ls"]))
+                    for _ in range(3))
+        assert internet.connections("alice") == before + 1
+        fresh = seconds(lambda: internet.run("alice", ["ssh", "pipe.pico.sh", "ls"]))
+        assert internet.connections("alice") == before + 2
+        assert on_it >= INTERNET.session_ms / 1000, on_it
+        assert on_it <= fresh - (INTERNET.ssh_ms - INTERNET.session_ms) / 1000 + 0.05, (
+            on_it, fresh)
+    finally:
+        internet.run("alice", ["ssh"] + control + ["-O", "exit", "pipe.pico.sh"])
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_the_chopping_board_interleaves_concurrent_long_lines(chopped, topic):

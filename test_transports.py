@@ -10,6 +10,7 @@ Stack.wormhole_blocked).
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ import time
 import pytest
 
 import p2p
-from localstack import children_of, wait_until
+from localstack import children_of, processes_mentioning, wait_until
 from test_getting_started import doctor
 from test_p2p import check_story, host, p2p_command, script, STORY, worker
 from test_protocol import RawPeer, outcome
@@ -466,3 +467,59 @@ def test_the_stories_run_where_every_network_blocks_wormhole(stack, name):
             print(p2p.submit(bytes, data).result(120) == data)
         """, env={"P2P_CLUSTER": cluster})
     assert large.stdout == "True\n", large.stderr
+
+
+MAPS = """
+    import os, sys, p2p
+
+    def echo(data):
+        return data
+
+    data = [os.urandom(200000) for _ in range(4)]  # too large for the board
+    with p2p.Executor() as executor:
+        print("first", list(executor.map(echo, data, timeout=120)) == data, flush=True)
+        sys.stdin.readline()
+        print("second", list(executor.map(echo, data, timeout=180)) == data, flush=True)
+"""
+
+
+def masters_of(stack, user):
+    """The pids of the user's shared ssh connections (ssh -N ... ControlMaster=yes)."""
+    home = ("HOME=%s\0" % os.path.join(stack.user_dir(user), "home")).encode()
+    found = []
+    for pid in processes_mentioning("ControlMaster=yes"):
+        try:
+            with open("/proc/%d/environ" % pid, "rb") as f:
+                if home in f.read():
+                    found.append(pid)
+        except OSError:
+            pass  # it ended while we looked
+    return found
+
+
+def test_bobs_sessions_ride_one_ssh_connection_and_leave_none_behind(stack):
+    """Each of bob's processes makes one ssh connection for its sessions to
+    the board's host, started with its board: his worker's transfers ride
+    one, his client's another. When those connections die between two maps,
+    the processes start new ones and the next map completes; once they end,
+    no connection of theirs is left."""
+    with stack.wormhole_blocked(bob="refused"):
+        working = worker(stack, "bob")
+        before = stack.connections("bob")
+        client = stack.process("bob", [sys.executable, "-c", textwrap.dedent(MAPS)])
+    client.expect("first True\n", timeout=120)
+    # 4 tasks and 4 results over ssh, a pub and a sub each: 16 sessions, 18
+    # connections with the client's `user` and board if none were shared. The
+    # client's board and its first sessions go before its master is up.
+    assert stack.connections("bob") - before <= 8, stack.connections("bob") - before
+    masters = masters_of(stack, "bob")
+    assert len(masters) == 2, masters
+    for pid in masters:
+        os.kill(pid, signal.SIGKILL)  # its socket stays behind, as after a crash
+    client.send(b"go\n")
+    client.expect("second True\n", timeout=180)
+    assert client.wait(60) == 0, client.errors
+    wait_until(lambda: len(masters_of(stack, "bob")) == 1, 30, "the worker's new master")
+    working.process.terminate()
+    working.wait(30)
+    wait_until(lambda: masters_of(stack, "bob") == [], 10, "bob's masters gone")

@@ -53,7 +53,8 @@ import textwrap
 import time
 
 import p2p
-from localstack import INTERNET, LOOPBACK, Stack, children_of, wait_until
+from localstack import (INTERNET, LOOPBACK, Stack, children_of, processes_mentioning,
+                        wait_until)
 
 USER = "bob"  # everything runs on bob's personal cluster: no host needed
 OTHER = "alice"  # the other end of the board round trip
@@ -443,12 +444,17 @@ def own_module_payloads(stack, runs):
 # -- idle cost -------------------------------------------------------------------
 
 def idle_cost(stack, seconds):
-    """(share of a core, RSS in MB) of an idle worker process and its ssh, over seconds."""
+    """(share of a core, RSS in MB) of an idle worker process and its ssh
+    (its board session and its shared connection), over seconds."""
     worker, = start_workers(stack, 1)
     # Start-up is not idling: its ssh handshakes and its task runner's
     # imports end within moments of "ready" (start-up is measured below).
     time.sleep(5)
-    pids = [worker.process.pid] + children_of(worker.process.pid)
+    # Its shared ssh connection runs in the background, no child of it: the
+    # only one on the stack now, the clients of earlier cases having ended.
+    pids = [worker.process.pid] + children_of(worker.process.pid) + [
+        pid for pid in processes_mentioning("ControlMaster=yes")
+        if pid not in children_of(worker.process.pid)]
     try:
         before = sum(cpu_seconds(pid) for pid in pids)
         time.sleep(seconds)  # the worker idles: this is what is measured
@@ -663,9 +669,10 @@ class ProfileRun:
             finally:
                 stop(workers)
         times = [b[0] for b in bulk]
-        floor = ("two raw 10 MB pipes", 2 * self.floors["pipe 10 MB"])
+        # The issue's target: there and back, against piping it once raw.
+        floor = ("one raw 10 MB pipe", self.floors["pipe 10 MB"])
         self.add("wormhole blocked: 10 MB bytes there and back over ssh, 1 worker", times,
-                 "s", floor, "<= 1.5x two raw 10 MB pipes",
+                 "s", floor, "<= 1.5x one raw 10 MB pipe",
                  statistics.median(times) <= 1.5 * floor[1])
 
     def hanging_wormhole(self):

@@ -23,7 +23,10 @@ that long after it was read; order and throughput kept, no rate limit):
 * ``LOOPBACK``: no delay at all (the default);
 * ``INTERNET``: the board delivers each chunk a client writes to the
   others 80 ms after it read it (a line takes ~80 ms peer to peer, a round
-  trip ~160 ms); every ssh connection, to either host, starts 400 ms late;
+  trip ~160 ms); every ssh connection, to either host, starts 400 ms late:
+  240 ms to set the connection up (connectlate.py, its ProxyCommand) and
+  160 ms for each session on it, so that a further session on a connection
+  already open (ssh's multiplexing) starts 160 ms late;
   each peer is 40 ms each way from the wormhole mailbox and from the
   transit relay (delaying TCP proxies, delayproxy.py, in front of both:
   ``WORMHOLE_RELAY_URL`` names the mailbox's proxy and the transit relay's
@@ -89,18 +92,21 @@ class Profile(NamedTuple):
 
     name: str
     board_ms: float = 0.0  # a chunk written to a pipe reaches its readers later
-    ssh_ms: float = 0.0  # added to the set-up of every ssh connection
+    ssh_ms: float = 0.0  # added to the set-up of every ssh connection and its first session
+    session_ms: float = 0.0  # of that, what a session on a connection already open pays
     wormhole_ms: float = 0.0  # each way between a peer and a wormhole server
 
     def describe(self):
         if self == LOOPBACK:
             return "loopback profile: no delays"
-        return ("%s profile: board %g ms, ssh set-up %g ms, wormhole servers %g ms "
-                "each way" % (self.name, self.board_ms, self.ssh_ms, self.wormhole_ms))
+        return ("%s profile: board %g ms, ssh set-up %g ms (%g ms a session on an open "
+                "connection), wormhole servers %g ms each way" % (
+                    self.name, self.board_ms, self.ssh_ms, self.session_ms,
+                    self.wormhole_ms))
 
 
 LOOPBACK = Profile("loopback")
-INTERNET = Profile("internet", board_ms=80, ssh_ms=400, wormhole_ms=40)
+INTERNET = Profile("internet", board_ms=80, ssh_ms=400, session_ms=160, wormhole_ms=40)
 PROFILES = {profile.name: profile for profile in (LOOPBACK, INTERNET)}
 INTERNET_VARIABLE = "LOCALSTACK_INTERNET"  # "1": Stacks default to INTERNET
 
@@ -357,7 +363,7 @@ class Stack:
                  "--socket", self.board_socket, "--pipe-port", str(self.pipe_port),
                  "--pico-port", str(self.pico_port),
                  "--delay-ms", str(self.profile.board_ms),
-                 "--ssh-delay-ms", str(self.profile.ssh_ms), "--chop", str(self.chop)]
+                 "--ssh-delay-ms", str(self.profile.session_ms), "--chop", str(self.chop)]
         self._start("picoboard", board + (["--fixed"] if self.fixed else []),
                     "board ready")
         # One "listening" line per port; the last one means both are bound.
@@ -436,6 +442,14 @@ class Stack:
         """The ssh config file that makes ``ssh -F FILE pico.sh`` reach us as user."""
         return os.path.join(self.user_dir(user), "ssh_config")
 
+    def connections(self, user):
+        """How many ssh connections the user's key has made to the stack so
+        far (sshd's log): sessions on a connection already open are not counted."""
+        accepted = "Accepted publickey for root from 127.0.0.1 port "
+        fingerprint = self.fingerprint(user)
+        with open(os.path.join(self.root, "sshd.log"), errors="replace") as log:
+            return sum(1 for line in log if accepted in line and fingerprint in line)
+
     def fingerprint(self, user):
         """The SHA256 fingerprint of the user's key, as ``-a`` lists take it."""
         key = os.path.join(self.user_dir(user), "id_ed25519.pub")
@@ -459,7 +473,7 @@ class Stack:
             pipe_port=self.pipe_port, pico_port=self.pico_port,
             key=os.path.join(directory, "id_ed25519"),
             known_hosts=os.path.join(self.root, "known_hosts"),
-        ))
+        ) + _late_connections(self.profile))
         wrapper = os.path.join(directory, "bin", "ssh")
         os.makedirs(os.path.dirname(wrapper), exist_ok=True)
         _write(wrapper, '#!/bin/sh\nexec /usr/bin/ssh -F %s "$@"\n'
@@ -630,6 +644,16 @@ Host pipe.pico.sh pico.sh
     StrictHostKeyChecking yes
     LogLevel ERROR
 """
+
+
+def _late_connections(profile):
+    """The lines of a user's ssh config that make each new connection pay
+    its part of the profile's ssh set-up (connectlate.py)."""
+    late = profile.ssh_ms - profile.session_ms
+    if late <= 0:
+        return ""
+    return "    ProxyCommand %s -I -S %s %%h %%p %g\n    ProxyUseFdpass yes\n" % (
+        sys.executable, os.path.join(HERE, "connectlate.py"), late)
 
 
 _WORMHOLE_SERVICES = ("mailbox", "transit", "mailbox-proxy", "transit-proxy")

@@ -25,7 +25,8 @@ default, so the board is as fast as loopback lets it be):
   ms after the board read it, in order, and so does a drop that another
   client's leaving causes: a delay line, not a rate limit (see DelayLine).
   ``--ssh-delay-ms S``: every session (pipe, ls, user, ...) starts S ms
-  late, as ssh's set-up costs round trips on the internet.
+  late, as opening a session costs round trips on the internet (the stack
+  delays each new connection's set-up on its own: connectlate.py).
 * ``--chop N``: forward each read in pieces of at most N bytes, each a
   delivery of its own, so concurrent writers' long lines interleave often.
   pico.sh forwards chunks of up to 32 KiB as read; this is that, exaggerated.
