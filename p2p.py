@@ -349,7 +349,7 @@ def _ssh(config, host, words, unseen=False, **popen):
             ["-o", "BatchMode=yes", "-o", "ServerAliveInterval=15",
              "-o", "ServerAliveCountMax=3"])
     if host == config.host:
-        argv = argv + _master_options(argv, host, config.debug)
+        argv = argv + _master_options(argv, host)
     settings = _ssh_settings(argv, host) if unseen else None
     if config.debug:
         log.debug("run: %s", shlex.join(argv + [host] + list(words)))
@@ -372,15 +372,15 @@ def _ssh(config, host, words, unseen=False, **popen):
 # round trips (~0.5 s on the internet, and on a small machine more CPU than
 # a transfer's bytes), so the sessions a process opens to its board's host
 # ride one connection as channels of their own (ssh's ControlMaster). The
-# first session there starts the master in the background and goes direct,
-# as do the others until it is up (at most MASTER_WAIT). The master ends by
-# itself MASTER_IDLE seconds after its last session: a process killed
-# outright leaves it behind no longer than that.
+# first session there, the board's, makes it: ssh keeps that connection in
+# the background (ControlPersist) and the session rides it like the rest.
+# Others go direct while it is being made (at most MASTER_WAIT). It ends at
+# our exit, or by itself MASTER_IDLE seconds after its last session: a
+# process killed outright leaves it behind no longer than that.
 MASTER_WAIT = 15.0
 MASTER_IDLE = 60
-_MASTER_RETRY = 60.0  # seconds of going direct after a master would not start
+_MASTER_RETRY = 60.0  # seconds of going direct after a master was not made
 _masters, _masters_lock = {}, threading.Lock()
-_masters_closed = threading.Event()  # a master that comes up now is stopped at once
 
 
 class _Master:
@@ -389,92 +389,67 @@ class _Master:
     def __init__(self, argv, host):
         self.argv, self.host = list(argv), host
         self.lock = threading.Lock()
-        self.folder = self.pid = self.failed = None
-        self.starting = False
+        self.folder = tempfile.mkdtemp(prefix="p2p-ssh-")
+        self.path = os.path.join(self.folder, "master")
+        self.making = self.failed = None  # when a session set out to make it, or failed
 
-    def options(self, debug):
-        """What makes an ssh session ride this connection; nothing while it
-        is not up (it is started then, unless it would not start lately)."""
+    def options(self):
+        """What makes an ssh session ride this connection, or make it; none
+        while another makes it, or after it was not made lately."""
+        control = ["-o", "ControlPath=" + self.path]
         with self.lock:
-            if not self.starting and not self.up() and not (
-                    self.failed and time.monotonic() - self.failed < _MASTER_RETRY):
-                self.stop()
-                self.starting = True
-                self.folder = tempfile.mkdtemp(prefix="p2p-ssh-")
-                threading.Thread(target=self.start, args=(debug,), daemon=True,
-                                 name="p2p-ssh-master").start()
-            if self.starting or self.pid is None:
+            if self.up():
+                self.making = self.failed = None
+                return ["-o", "ControlMaster=no"] + control
+            now = time.monotonic()
+            if self.making is not None and now - self.making > MASTER_WAIT:
+                log.debug("no shared ssh connection to %s: each session connects on its "
+                          "own for %gs", self.host, _MASTER_RETRY)
+                self.making, self.failed = None, now
+            if self.making is not None or (self.failed and now - self.failed < _MASTER_RETRY):
                 return []
-            return ["-o", "ControlMaster=no", "-o", "ControlPath=" + self.path]
-
-    @property
-    def path(self):
-        return os.path.join(self.folder, "master")
+            # A master killed outright leaves its socket: ssh would refuse it.
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            self.making = now
+            return ["-o", "ControlMaster=yes", "-o", "ControlPersist=%d" % MASTER_IDLE] + control
 
     def up(self):
-        if self.pid is None or not os.path.exists(self.path):
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except OSError:
-            return False
+        """Whether a master answers on the control socket."""
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(self.path)
+            except OSError:
+                return False
         return True
 
-    def start(self, debug):
-        control = ["-o", "ControlPath=" + self.path]
-        if debug:
-            log.debug("run: the shared ssh connection to %s", self.host)
-        # Its stderr in a file: the master it leaves in the background may
-        # hold it open (older OpenSSH), and a pipe would wait for it.
-        with tempfile.TemporaryFile() as said:
-            try:
-                started = subprocess.run(
-                    self.argv + control + ["-o", "ControlMaster=yes", "-o",
-                                           "ControlPersist=%d" % MASTER_IDLE, "-N", self.host],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=said,
-                    timeout=MASTER_WAIT)
-                check = subprocess.run(self.argv + control + ["-O", "check", self.host],
-                                       stdin=subprocess.DEVNULL, capture_output=True,
-                                       timeout=MASTER_WAIT)
-                found = re.search(rb"\(pid=(\d+)\)", check.stderr)
-                pid = int(found.group(1)) if started.returncode == 0 and found else None
-            except (OSError, subprocess.SubprocessError):
-                pid = None
-            said.seek(0)
-            why = said.read(4096).decode(errors="replace").strip()
-        with self.lock:
-            self.pid, self.starting = pid, False
-            self.failed = None if pid else time.monotonic()
-            if _masters_closed.is_set():
-                self.stop()
-        if pid is None:
-            log.debug("no shared ssh connection to %s: each session connects on its own%s",
-                      self.host, " (ssh said: %s)" % why[-300:] if why else "")
-
     def stop(self):
-        if self.pid is not None:
-            with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGTERM)
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder = self.pid = None
+        if self.up():
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(self.argv + ["-o", "ControlPath=" + self.path, "-O", "exit",
+                                            self.host], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=10)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _master_options(argv, host, debug=False):
+def _master_options(argv, host):
     """The options of an ssh session to host that make it ride the process's
     one connection there (see _Master); none where ssh cannot share one, or
     the user's own settings share theirs."""
-    if os.name != "posix" or any(word in ("-M", "-S") or "control" in word.lower()
-                                 for word in argv):
+    # -v keeps a master's stderr: it would hold the making session's pipe.
+    if os.name != "posix" or any(word in ("-M", "-S") or word.startswith("-v") or
+                                 "control" in word.lower() for word in argv):
         return []
     with _masters_lock:
-        master = _masters.setdefault((tuple(argv), host), _Master(argv, host))
-    return master.options(debug)
+        master = _masters.get((tuple(argv), host))
+        if master is None:
+            master = _masters[tuple(argv), host] = _Master(argv, host)
+    # ssh adds 17 characters to it, and a Unix socket's path ends at 104.
+    return master.options() if len(os.fsencode(master.path)) <= 80 else []
 
 
 @atexit.register
 def _stop_masters():
-    _masters_closed.set()
     with _masters_lock:
         for master in _masters.values():
             master.stop()
@@ -3307,8 +3282,21 @@ def _pubsub(config, verb, key, peer, held=False, ahead=None):
         raise TransferError("the peer %r is not named by a pico.sh user" % peer[:80])
     pipes = {} if verb == "sub" else dict(
         stdin=subprocess.PIPE, stdout=subprocess.PIPE if held else subprocess.DEVNULL)
-    return _ssh(config, config.host, [verb, _ssh_topic(key), "-p", "-a", user] +
-                ["-c"] * (not held), unseen=True, **pipes)
+    process = _ssh(config, config.host, [verb, _ssh_topic(key), "-p", "-a", user] +
+                   ["-c"] * (not held), unseen=True, **pipes)
+    _widen(process.stdin if verb == "pub" else process.stdout)
+    return process
+
+
+_F_SETPIPE_SZ = 1031  # Linux's; fcntl names it from Python 3.10 on
+
+
+def _widen(pipe):
+    """Let a pipe to or from ssh hold a sealed block: we seal (or open) the
+    next while ssh moves this one, not by turns (Linux; elsewhere as is)."""
+    if fcntl is not None and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _BLOCK)
 
 
 def _ssh_ahead(config, verb, key, peer, running):
@@ -3394,7 +3382,7 @@ class _Counted:
     def read(self, size):
         chunks, left = [], size
         while left:
-            chunk = self.source.read1(min(left, 1 << 16))
+            chunk = self.source.read1(left)
             if not chunk:
                 break
             chunks.append(chunk)

@@ -453,7 +453,7 @@ def idle_cost(stack, seconds):
     # Its shared ssh connection runs in the background, no child of it: the
     # only one on the stack now, the clients of earlier cases having ended.
     pids = [worker.process.pid] + children_of(worker.process.pid) + [
-        pid for pid in processes_mentioning("ControlMaster=yes")
+        pid for pid in processes_mentioning("/master [mux]")
         if pid not in children_of(worker.process.pid)]
     try:
         before = sum(cpu_seconds(pid) for pid in pids)
