@@ -1038,9 +1038,7 @@ class _Peer:
                 self._versions.add(msg.version)
                 log.warning("a peer on %s speaks protocol %s, we speak %d: everyone on a "
                             "cluster needs a p2p.py of the same protocol; upgrade %s",
-                            self.cluster, msg.version, _VERSION, "ours" if
-                            msg.version.isdigit() and int(msg.version) > _VERSION else
-                            "theirs")
+                            self.cluster, msg.version, _VERSION, _to_upgrade([msg.version]))
             return
         if self.config.debug:
             log.debug("board: %s", line[:300].decode(errors="replace"))
@@ -1158,6 +1156,12 @@ class _Member(_Peer):
         if self.cluster.personal:
             return ("%s is a personal cluster: only %s can use it (you are %s)"
                     % (self.cluster, self.cluster.owner, self.user))
+        if self._versions:
+            return ("%s cannot reach cluster %s: no host answered in protocol %d within %gs, "
+                    "and a peer on its board speaks protocol %s. Everyone on a cluster needs "
+                    "a p2p.py of the same protocol: upgrade %s"
+                    % (self.user, self.cluster, _VERSION, JOIN_TIMEOUT,
+                       " and ".join(sorted(self._versions)), _to_upgrade(self._versions)))
         return (
             "%s cannot reach cluster %s: no host answered within %gs. Either it "
             "is not hosted right now, or %s is not on its access list (pico.sh then "
@@ -1271,12 +1275,16 @@ class _Member(_Peer):
 
 # -- wire messages ------------------------------------------------------------
 
-# A board line: b"p2p4 KIND TO {json}[ SIGNATURE]\n". Kind and addressee come
+# A board line: b"p2p5 KIND TO {json}[ SIGNATURE]\n". Kind and addressee come
 # first, so a peer skips lines for others without parsing them; TO is a peer
 # id, or * for everyone. With a cluster key, the signature covers the rest.
-_VERSION = 4
+_VERSION = 5
 _PREFIX = b"p2p%d " % _VERSION
 _NAMES = "names"  # a field type: a list of strings
+# What a line leaves out when it is so: the usual case, a payload in one
+# piece on the board from a peer that can use every transport. A small
+# task's lines are the board's traffic, and these were 80 of its ~1300 bytes.
+_DEFAULTS = {"n": 0, "of": 1, "via": "board", "data": "", "can": list(_WAYS)}
 # Every line names its sender (id) and when by its clock it was said (t, in
 # microseconds, rising with each line a process says): see _Recent.
 _HEAD = {"id": str, "t": int}
@@ -1341,9 +1349,19 @@ class _OtherVersion:
         self.version = version
 
 
-def _encode(kind, to="*", key=None, **fields):
-    """A board line, said now; with a cluster key it ends with its signature."""
+def _to_upgrade(versions):
+    """Whose p2p.py is behind, when peers speak these other protocol versions."""
+    return "ours" if any(int(v) > _VERSION for v in versions) else "theirs"
+
+
+def _encode(kind, to="*", key=None, pair=None, **fields):
+    """A board line, said now; with a cluster key it ends with its signature,
+    with a task's pair key (see _tag) it carries the task's tag."""
     fields.setdefault("t", _now_t())
+    if pair is not None:
+        fields["tag"] = _tag(pair, kind, to, fields)
+    fields = {name: value for name, value in fields.items()
+              if name not in _DEFAULTS or value != _DEFAULTS[name]}
     line = b"%s%s %s %s" % (_PREFIX, kind.encode(), to.encode(),
                             json.dumps(fields, separators=(",", ":")).encode())
     if key is not None:
@@ -1378,8 +1396,12 @@ def _decode(line, key=None, wants=None):
         fields = json.loads(body)
     except (ValueError, RecursionError):  # deep nesting is a RecursionError
         return None
-    if not isinstance(fields, dict) or not all(
-            _fits(fields.get(name), shape) for name, shape in _MESSAGES[kind].items()):
+    if not isinstance(fields, dict):
+        return None
+    shapes = _MESSAGES[kind]
+    for name in shapes.keys() & _DEFAULTS.keys() - fields.keys():
+        fields[name] = copy.copy(_DEFAULTS[name])
+    if not all(_fits(fields.get(name), shape) for name, shape in shapes.items()):
         return None
     message = _Message(kind, to, fields, line, signature)
     if key is None:
@@ -2877,16 +2899,18 @@ def _payload_key(root, task, what):
     return hmac.new(root, what + b" " + task.encode(), "sha256").digest()
 
 
-def _tag(key, kind, sender, task):
-    """What proves a line about a task came from one of its two peers: a cluster
-    key only proves it came from some member, who could end others' tasks."""
-    return hmac.new(key, ("%s %s %s" % (kind, sender, task)).encode(),
+def _tag(key, kind, to, fields):
+    """What proves a line about a task came from one of its two peers, as they
+    said it: a cluster key only proves it came from some member, who could end
+    others' tasks, or put a tag heard on the board on a line of their own."""
+    said = {name: fields.get(name, _DEFAULTS.get(name))
+            for name in _MESSAGES[kind] if name != "tag"}
+    return hmac.new(key, json.dumps([kind, to, said], sort_keys=True).encode(),
                     "sha256").hexdigest()[:32]
 
 
 def _tagged(msg, key):
-    return key is not None and hmac.compare_digest(
-        msg["tag"], _tag(key, msg.kind, msg["id"], msg["task"]))
+    return key is not None and hmac.compare_digest(msg["tag"], _tag(key, msg.kind, msg.to, msg))
 
 
 # A sealed payload is MAGIC, a random nonce, the payload XORed with a
@@ -4141,7 +4165,7 @@ class _Worker(_Member):
             except P2PError:
                 continue
             self.say("again", to=first["id"], id=slot.id, task=task, missing=missing,
-                     tag=_tag(key, "again", slot.id, task))
+                     pair=key)
         if now - self.announced >= IDLE_EVERY:
             self._announce()
 
@@ -4221,15 +4245,14 @@ class _Worker(_Member):
 
     def _decline(self, client, slot, task, why, line_key):
         self.say("decline", to=client, id=slot.id, task=task, why=why,
-                 tag=_tag(line_key, "decline", slot.id, task) if line_key else "")
+                 **(dict(pair=line_key) if line_key else dict(tag="")))
 
     def _say_result(self, job, only=None):
         """Say the job's result on the board (only these pieces, if given)."""
         job.said = time.monotonic()
         job.repeats += 1
         fields = dict(to=job.client, id=job.slot.id, task=job.id, free=job.slot.free,
-                      tag=_tag(job.line_key, "result", job.slot.id, job.id),
-                      via=job.result_via)
+                      pair=job.line_key, via=job.result_via)
         sealed = job.result
         self.say_payload("result", sealed if isinstance(sealed, bytes) else
                          os.path.getsize(sealed) + SEAL_OVERHEAD, only, **fields)
@@ -4556,12 +4579,10 @@ class _Client(_Member):
         self._dispatch()
 
     def _say_took(self, task):
-        self.say("took", to=task.slot, id=self.id, task=task.id,
-                 tag=_tag(task.keys[2], "took", self.id, task.id))
+        self.say("took", to=task.slot, id=self.id, task=task.id, pair=task.keys[2])
 
     def _say_withdraw(self, task):
-        self.say("withdraw", to=task.slot, id=self.id, task=task.id,
-                 tag=_tag(task.keys[2], "withdraw", self.id, task.id))
+        self.say("withdraw", to=task.slot, id=self.id, task=task.id, pair=task.keys[2])
 
     def _on_decline(self, msg):
         task = self.tasks.get(msg["task"])
@@ -4630,7 +4651,7 @@ class _Client(_Member):
             task = self.tasks.get(first["task"])
             if task is not None and task.slot == first["id"] and task.state == "assigned":
                 self.say("again", to=task.slot, id=self.id, task=task.id, missing=missing,
-                         tag=_tag(task.keys[2], "again", self.id, task.id))
+                         pair=task.keys[2])
         if self.tasks and now - self.alive_said >= ALIVE_EVERY:
             self.say("alive", id=self.id, held=[])
             self.alive_said = now

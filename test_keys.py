@@ -95,7 +95,7 @@ def test_payload_sizes_are_capped_and_board_numbers_range_checked(monkeypatch):
         with pytest.raises(p2p.P2PError, match="P2P_MAX_PAYLOAD must be a size"):
             p2p.Config()
     for size in (-1, 2 ** 53, 10 ** 20, 1.5, True):
-        line = b'p2p4 assign w#1 {"id":"c","t":1,"task":"x","dh":"AQ==","py":"","size":%s,' \
+        line = b'p2p5 assign w#1 {"id":"c","t":1,"task":"x","dh":"AQ==","py":"","size":%s,' \
                b'"via":"ssh","can":[],"n":0,"of":0,"data":""}' % json.dumps(size).encode()
         assert p2p._decode(line) is None
 
@@ -359,7 +359,7 @@ def test_mallory_first_on_a_keyed_board_can_do_nothing(stack, name):
     assert client.wait(timeout=30) == 0, client.errors
     assert client.output == b"1\n%s\n" % str([-x for x in range(8)]).encode()
     assert b"assign mallory" not in mallory.pipe.output  # no task for her
-    assert b"p2p4 assign " + slot.encode() in mallory.pipe.output  # she saw them go by
+    assert b"p2p5 assign " + slot.encode() in mallory.pipe.output  # she saw them go by
     done = tasks_done(working, 9)
     assert len(done) == 9 and all(" from bob@" in line for line in done)
     assert working.process.poll() is None and hosting.process.poll() is None

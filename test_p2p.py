@@ -335,7 +335,7 @@ def test_wormhole_codes_never_appear_on_the_board_and_open_nothing(stack, name):
     codes = re.findall(r"wormhole-william (?:receive|send) --hide-progress "
                        r"(?:--code )?(\d+-[0-9a-f]+)", working.errors.decode())
     assert len(codes) == 2  # the task's and the result's
-    assert b"p2p4 assign " in listener.output and b"p2p4 result " in listener.output
+    assert b"p2p5 assign " in listener.output and b"p2p5 result " in listener.output
     for code in codes:
         assert code.encode() not in listener.output
         assert code.split("-")[1].encode() not in listener.output
@@ -417,7 +417,7 @@ def test_a_stranger_listening_on_the_board_reads_nothing_and_work_goes_on(stack,
                    stream="stderr")
     secret = "the-argument-%s" % name
     check_a_task_runs(stack, "bob", cluster, "str.upper, %r" % secret, secret.upper())
-    assert b"p2p4 assign " in listener.output  # she heard the task go by, sealed
+    assert b"p2p5 assign " in listener.output  # she heard the task go by, sealed
     assert secret.encode() not in listener.output
     assert secret.upper().encode() not in listener.output
 
@@ -670,7 +670,7 @@ def test_a_worker_killed_mid_task_is_replaced(stack, name, gate):
 
         print(p2p.submit(home_when_told, %r).result(120))
     """ % gate.path)], env={"P2P_CLUSTER": cluster})
-    doomed.expect("board: p2p4 assign", stream="stderr")  # it has the task
+    doomed.expect("board: p2p5 assign", stream="stderr")  # it has the task
     killed = time.monotonic()
     os.killpg(doomed.process.pid, signal.SIGKILL)  # the worker and its runner
     worker(stack, "diana", cluster)
@@ -694,7 +694,7 @@ def test_when_retries_are_used_up_the_error_names_the_lost_workers(stack, name):
         except p2p.WorkerLost as exc:
             print("lost:", exc)
     """)], env={"P2P_CLUSTER": cluster, "P2P_RETRIES": "0"})
-    doomed.expect("board: p2p4 assign", stream="stderr")
+    doomed.expect("board: p2p5 assign", stream="stderr")
     os.killpg(doomed.process.pid, signal.SIGKILL)
     assert client.wait(timeout=90) == 0, client.errors
     said = client.output.decode()
@@ -725,7 +725,7 @@ def seven_in_flight(stack, cluster, gate):
     hosting = host(stack, cluster, "bob,carol,diana")
     working = doomed_worker(stack, "carol", cluster)
     client = seven_when_told(stack, "bob", cluster, gate)
-    working.expect("board: p2p4 assign", stream="stderr")
+    working.expect("board: p2p5 assign", stream="stderr")
     return hosting, working, client
 
 
@@ -779,7 +779,7 @@ def long_task_in_flight(stack, cluster):
         faulthandler.dump_traceback_later(25)
         p2p.submit(time.sleep, 600).result()
     """)], env={"P2P_CLUSTER": cluster})
-    working.expect("board: p2p4 assign", stream="stderr")
+    working.expect("board: p2p5 assign", stream="stderr")
     return working, client
 
 
@@ -915,7 +915,7 @@ def test_bob_interrupts_a_running_task_and_its_slot_is_free_again(stack, name):
         print("next", ex.submit(abs, -7).result(30), flush=True)   # the one slot
         ex.shutdown()
     """)], env={"P2P_CLUSTER": cluster})
-    working.expect("board: p2p4 assign", stream="stderr")
+    working.expect("board: p2p5 assign", stream="stderr")
     client.send("go\n")
     working.expect("withdrew: stopping its task", stream="stderr", timeout=2)
     assert client.wait(timeout=30) == 0, client.errors
@@ -948,7 +948,7 @@ def test_shutdown_with_cancel_futures_cancels_what_waits_and_lets_the_running_fi
         except RuntimeError as exc:
             print(exc)
     """ % gate.path)], env={"P2P_CLUSTER": cluster})
-    working.expect("board: p2p4 assign", stream="stderr")
+    working.expect("board: p2p5 assign", stream="stderr")
     client.send("go\n")
     client.expect("[True, True, True]\n", timeout=15)
     gate.open()

@@ -15,11 +15,12 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 import p2p
-from localstack import Stack
+from localstack import Stack, invite
 from test_localstack import on_channel
 from test_p2p import (Exploit, board_keys, doomed_worker, host, p2p_command, script,
                       tasks_done, worker)
@@ -75,17 +76,17 @@ def test_board_lines_that_do_not_parse_are_noise():
     message = p2p._decode(good.rstrip(b"\n"))
     assert (message.kind, message.to, message["id"]) == ("bye", "*", "bob@h:1")
     assert message["t"] > 0
-    deep = b"p2p4 bye * " + b'{"id":' * 100000 + b"1" + b"}" * 100000
-    for line in [b"", b"garbage", good[:10], b"p2p4 {", b"p2p4 bye * []", deep,
-                 b'p2p4 bye * {"k":"bye"}', b'p2p4 bye * {"id":3}',
-                 b'p2p4 nope * {"id":"x"}', b"p2p4 bye * " + b"x" * 10000,
-                 b'p2p4 idle * {"id":"x","py":"3","dh":"A","free":-1}',
-                 b'p2p4 idle * {"id":"x","py":"3","dh":"A","free":true}',
-                 b'p2p4 idle * {"id":"x","py":"3","dh":"A","free":1e400}',
-                 b'p2p4 idle * {"id":"x","py":"3","dh":"A","free":%s}' % (b"9" * 5000),
-                 b'p2p4 alive * {"id":"x","held":[1,2]}',
-                 b'p2p4 welcome * {"id":"x","intruders":"mallory"}',
-                 b'p2p4 bye * {"id":"x"}', b'p2p4 bye * {"id":"x","t":-1}']:
+    deep = b"p2p5 bye * " + b'{"id":' * 100000 + b"1" + b"}" * 100000
+    for line in [b"", b"garbage", good[:10], b"p2p5 {", b"p2p5 bye * []", deep,
+                 b'p2p5 bye * {"k":"bye"}', b'p2p5 bye * {"id":3}',
+                 b'p2p5 nope * {"id":"x"}', b"p2p5 bye * " + b"x" * 10000,
+                 b'p2p5 idle * {"id":"x","py":"3","dh":"A","free":-1}',
+                 b'p2p5 idle * {"id":"x","py":"3","dh":"A","free":true}',
+                 b'p2p5 idle * {"id":"x","py":"3","dh":"A","free":1e400}',
+                 b'p2p5 idle * {"id":"x","py":"3","dh":"A","free":%s}' % (b"9" * 5000),
+                 b'p2p5 alive * {"id":"x","held":[1,2]}',
+                 b'p2p5 welcome * {"id":"x","intruders":"mallory"}',
+                 b'p2p5 bye * {"id":"x"}', b'p2p5 bye * {"id":"x","t":-1}']:
         assert p2p._decode(line) is None, line[:80]
     old = p2p._decode(b'p2p1 {"k":"idle","id":"carol@h:1#1","py":"3.11"}')
     assert isinstance(old, p2p._OtherVersion) and old.version == "1"
@@ -94,6 +95,37 @@ def test_board_lines_that_do_not_parse_are_noise():
     line = p2p._encode("took", "bob@h:1", id="carol@h:2#1", task="t")
     assert p2p._decode(line, wants=lambda kind, to: asked.append((kind, to))) is None
     assert asked == [("took", "bob@h:1")]
+
+
+def test_a_line_leaves_out_what_goes_without_saying():
+    key, _ = p2p._keys("a secret of sixteen+", p2p.Cluster("alice/p2p"))
+    task = dict(id="diana@h:1", task="t1", dh="AQ==", py="3.11", size=3)
+    usual = p2p._encode("assign", "bob@h:2#1", key, via="board", can=list(p2p._WAYS),
+                        n=0, of=1, data="YWJj", **task)
+    for said in (b'"via"', b'"can"', b'"n"', b'"of"'):
+        assert said not in usual
+    heard = p2p._decode(usual.rstrip(b"\n"), key)
+    assert heard.authentic
+    assert (heard["via"], heard["can"], heard["n"], heard["of"], heard["data"]) == (
+        "board", ["wormhole", "ssh"], 0, 1, "YWJj")
+    heard["can"].append("carrier pigeon")  # each line its own list
+    assert p2p._decode(usual.rstrip(b"\n"), key)["can"] == ["wormhole", "ssh"]
+    # What differs from the usual is said, and heard as said.
+    other = p2p._decode(p2p._encode("assign", "bob@h:2#1", key, via="ssh", can=["ssh"],
+                                    n=0, of=0, data="", **task).rstrip(b"\n"), key)
+    assert other.authentic
+    assert (other["via"], other["can"], other["of"], other["data"]) == ("ssh", ["ssh"], 0, "")
+    # A task's tag covers what its line says: heard, it is no use on another.
+    pair = bytes(32)
+    said = dict(id="bob@h:2#1", task="t1", free=1)
+    result = p2p._decode(p2p._encode("result", "diana@h:1", key, pair=pair, size=3,
+                                     data="YWJj", **said).rstrip(b"\n"), key)
+    assert result.authentic and p2p._tagged(result, pair)
+    forged = p2p._decode(p2p._encode("result", "diana@h:1", key, size=10, tag=result["tag"],
+                                     **said).rstrip(b"\n"), key)
+    assert forged.authentic and not p2p._tagged(forged, pair)
+    # A line that leaves out what it may not (its task) is still noise.
+    assert p2p._decode(usual.replace(b'"task":"t1",', b"").rstrip(b"\n")) is None
 
 
 def test_signed_lines_are_authentic_only_under_their_clusters_key():
@@ -321,8 +353,8 @@ def test_payloads_from_a_worker_gone_bad_are_refused(stack, name, tmp_path):
         assert p2p._load(p2p.io.BytesIO(task), trust=True) == (abs, (-n,), {})
         key = bad.key(assign, b"result") if right else wrong_key
         sealed = p2p._seal(key, payload)
-        tag = p2p._tag(bad.key(assign, b"lines"), "result", bad.id, assign["task"])
-        fields = dict(id=bad.id, task=assign["task"], free=1, tag=tag)
+        pair = bad.key(assign, b"lines")
+        fields = dict(id=bad.id, task=assign["task"], free=1, pair=pair)
         if by_wormhole:
             path = tmp_path / ("out%d" % n) / "result"
             path.parent.mkdir()
@@ -385,7 +417,7 @@ def test_payloads_from_a_client_gone_bad_are_refused(stack, name, tmp_path):
             answer = p2p._load(p2p.io.BytesIO(p2p._open(result_key, bad.payload(answer))),
                                trust=True)["error"]
             bad.send("took", slot, id=bad.id, task=task,
-                     tag=p2p._tag(p2p._payload_key(root, task, b"lines"), "took", bad.id, task))
+                     pair=p2p._payload_key(root, task, b"lines"))
         answers.append(answer)
     assert answers[0].kind == "decline" and "its seal is broken" in answers[0]["why"]
     assert isinstance(answers[1], p2p.pickle.UnpicklingError)  # it failed as a task does
@@ -419,13 +451,13 @@ def hostile_line(rng, heard, victims):
     kind = rng.choice(list(p2p._MESSAGES)).encode()
     makers = [
         lambda: bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4096))),
-        lambda: rng.choice(heard or [b"p2p4 "])[:rng.randrange(1, 200)],
-        lambda: b"p2p4 " + kind + b" * " + b"[" * rng.randrange(1000, 3000),
-        lambda: b"p2p4 " + kind + b" * " + b'{"id":' * 2000 + b"1" + b"}" * 2000,
-        lambda: b"p2p4 " + kind + b" " + anyone().encode() + b" " + forged(kind.decode()),
-        lambda: b'p2p4 idle * {"id":"m#1","py":"%s","dh":"AQ==","free":%s}' % (
+        lambda: rng.choice(heard or [b"p2p5 "])[:rng.randrange(1, 200)],
+        lambda: b"p2p5 " + kind + b" * " + b"[" * rng.randrange(1000, 3000),
+        lambda: b"p2p5 " + kind + b" * " + b'{"id":' * 2000 + b"1" + b"}" * 2000,
+        lambda: b"p2p5 " + kind + b" " + anyone().encode() + b" " + forged(kind.decode()),
+        lambda: b'p2p5 idle * {"id":"m#1","py":"%s","dh":"AQ==","free":%s}' % (
             p2p.PY.encode(), str(10 ** rng.randrange(1, 40)).encode()),
-        lambda: b"p2p4 " + b"x" * rng.randrange(4000, 12000),
+        lambda: b"p2p5 " + b"x" * rng.randrange(4000, 12000),
         lambda: b'p2p9 idle * {"id":"carol"}',
         lambda: rng.choice(heard) if heard else b"",  # a replay
     ]
@@ -493,14 +525,38 @@ def test_a_peer_of_another_protocol_is_told_once_to_upgrade(stack, name):
     working = worker(stack, "carol", cluster)
     old = stack.session("bob", "pipe", cluster + "/board")
     on_channel(stack, "alice", cluster + "/board", "alice", "alice", "bob", "carol")
+    ours, older, newer = p2p._VERSION, p2p._VERSION - 1, p2p._VERSION + 1
     old.send(b'p2p1 {"k":"hello","id":"bob@old:1","role":"client","user":"bob","py":"3.11"}\n'
-             * 3 + b'p2p3 hello * {"id":"bob@old:2"}\n' + b'p2p5 hello * {"id":"bob@new:1"}\n')
-    working.expect("speaks protocol 5, we speak 4", stream="stderr")
+             * 3 + b'p2p%d hello * {"id":"bob@old:2"}\n' % older
+             + b'p2p%d hello * {"id":"bob@new:1"}\n' % newer)
+    working.expect("speaks protocol %d, we speak %d" % (newer, ours), stream="stderr")
     said = working.errors.decode()
-    assert said.count("speaks protocol 1, we speak 4") == 1
-    assert said.count("speaks protocol 3, we speak 4") == 1
+    assert said.count("speaks protocol 1, we speak %d" % ours) == 1
+    assert said.count("speaks protocol %d, we speak %d" % (older, ours)) == 1
     assert "upgrade theirs" in said and "upgrade ours" in said
 
+
+def test_a_member_whose_host_speaks_another_protocol_is_told_whose_to_upgrade(
+        stack, name, tmp_path):
+    cluster = "alice/" + name
+    older = p2p._VERSION - 1  # alice has not upgraded yet: her p2p.py speaks the one before
+    with open(p2p.__file__) as ours:
+        (tmp_path / "p2p.py").write_text(ours.read().replace(
+            "\n_VERSION = %d\n" % p2p._VERSION, "\n_VERSION = %d\n" % older, 1))
+    hosting = stack.process("alice", [sys.executable, "-m", "p2p", "host", cluster, "--users",
+                                      "bob"], cwd=str(tmp_path), env={"PYTHONPATH": str(tmp_path)})
+    hosting.expect("hosting %s" % cluster, stream="stderr", timeout=30)
+    invite(stack, cluster, "bob")
+    answer = script(stack, "bob", """
+        import p2p
+        try:
+            p2p.submit(abs, -1).result(60)
+        except p2p.ClusterError as exc:
+            print(exc)
+    """, env={"P2P_CLUSTER": cluster})
+    assert "a peer on its board speaks protocol %d" % older in answer.stdout, answer.stderr
+    assert "upgrade theirs" in answer.stdout and "access list" not in answer.stdout
+    hosting.process.terminate()
 
 def dianas_task_until_the_gate_opens(stack, cluster, gate):
     """diana's script, printing the result of a task that ends when the gate opens."""
@@ -556,8 +612,40 @@ def test_a_member_cannot_end_or_answer_someone_elses_task(stack, name, gate):
     bad.send("result", assign["id"], id=assign.to, size=2 ** 40, free=3, n=0, of=0, data="",
              via="wormhole", **fields)
     bad.send("alive", id=bad.id, held=[])  # a line after hers: they were all heard
-    working.expect("board: p2p4 alive * {\"id\":\"bob@bad:1\"", stream="stderr")
+    working.expect("board: p2p5 alive * {\"id\":\"bob@bad:1\"", stream="stderr")
     gate.open()
     assert client.wait(timeout=60) == 0, client.errors
     assert client.output == b"b'!'\n"
     assert b"withdrew" not in working.errors and b"trying again" not in client.errors
+
+
+def test_a_member_cannot_put_a_tag_she_heard_on_a_line_of_her_own(stack, name):
+    """bob gone bad answers each result carol's worker says to diana with lines
+    of his own in carol's name, signed, with the tag he heard: a result of
+    another size, one in a piece with nothing in it. Tags cover what a line
+    says, so his are refused, and every result arrives whole."""
+    cluster = "alice/" + name
+    host(stack, cluster, "bob,carol,diana")
+    working = worker(stack, "carol", cluster)
+    bad = RawPeer(stack, "bob", cluster, "bob@bad:1")
+    client = stack.process("diana", [sys.executable, "-c", textwrap.dedent("""
+        import os, p2p
+        with p2p.Executor() as ex:  # by wormhole, then in pieces on the board
+            sizes = [2 * 2 ** 20] + [60000] * 4
+            print([len(ex.submit(os.urandom, n).result(120)) == n for n in sizes])
+    """)], env={"P2P_CLUSTER": cluster})
+    answered, deadline = set(), time.monotonic() + 300
+    while client.process.poll() is None and time.monotonic() < deadline:
+        try:
+            heard = bad.wait_for("result", timeout=1)
+        except AssertionError:
+            continue
+        if heard["task"] not in answered:
+            answered.add(heard["task"])
+            for shape in (dict(size=2 ** 40, of=0, via="wormhole"), dict(size=10)):
+                bad.send("result", heard.to, id=heard["id"], task=heard["task"], free=3,
+                         tag=heard["tag"], **shape)
+    assert client.wait(timeout=60) == 0, client.errors
+    assert client.output == b"[True, True, True, True, True]\n"
+    assert len(answered) == 5 and b"trying again" not in client.errors
+    working.process.terminate()

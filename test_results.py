@@ -578,9 +578,9 @@ def test_a_worker_gone_bad_sends_back_hostile_outcomes(stack, tmp_path):
         task = p2p._open(key(b"task"), bad.payload(assign))
         assert p2p._load(io.BytesIO(task), trust=True) == (abs, (-n,), {})
         sealed = p2p._seal(key(b"result"), payload)
-        tag = p2p._tag(key(b"lines"), "result", bad.id, assign["task"])
+        pair = key(b"lines")
         bad.say_payload("result", assign["id"], sealed, id=bad.id, task=assign["task"],
-                        free=1, tag=tag)
+                        free=1, pair=pair)
         client.wait_for(lambda out: out.count(b"\n") > n, 60, what="an answer")
     assert client.wait(timeout=60) == 0, client.errors
     said = client.output.decode().splitlines()

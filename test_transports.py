@@ -356,8 +356,7 @@ def test_mallory_on_the_topic_of_a_transfer_reads_nothing_and_stops_nothing(stac
     assert p2p._load(p2p.io.BytesIO(task), trust=True) == (len, (b"x" * 300000,), {})
     result = p2p._seal(peer.key(assign, b"result"), outcome(300000))
     peer.say_payload("result", assign["id"], result, id=peer.id, task=assign["task"],
-                     free=1, tag=p2p._tag(peer.key(assign, b"lines"), "result", peer.id,
-                                          assign["task"]))
+                     free=1, pair=peer.key(assign, b"lines"))
     assert client.wait(60) == 0, client.errors
     assert client.output == b"300000\n"
 
@@ -387,7 +386,7 @@ def test_results_over_ssh_cut_short_too_long_or_forged_are_refused_and_retried(
                                           "-p", "-a", "bob", "-c"], stdin=source)
         peer.send("result", assign["id"], id=peer.id, task=assign["task"], size=len(sealed),
                   free=1, n=0, of=0, data="", via="ssh",
-                  tag=p2p._tag(peer.key(assign, b"lines"), "result", peer.id, assign["task"]))
+                  pair=peer.key(assign, b"lines"))
         sending.wait(60)
     assert client.wait(60) == 0, client.errors
     assert client.output == b"%r\n" % bytes(100000)
@@ -445,7 +444,7 @@ def test_carols_worker_gone_bad_cannot_switch_dianas_client_off_wormhole(stack, 
         assign = bad.wait_for("assign", to=bad.id, n=0)
         bad.send("result", assign["id"], id=bad.id, task=assign["task"], size=300000,
                  free=1, n=0, of=0, data="", via="wormhole",
-                 tag=p2p._tag(bad.key(assign, b"lines"), "result", bad.id, assign["task"]))
+                 pair=bad.key(assign, b"lines"))
         bad.wait_for("withdraw", to=bad.id, task=assign["task"], timeout=60)
     bad.send("bye", id=bad.id)
     worker(stack, "bob", cluster)

@@ -380,9 +380,9 @@ def diana_beside_carol_posing_as_bobs_slot(stack, name, answer):
     carol.send("idle", id=fake, py=p2p.PY, dh=carol.share.public, free=1, can=WAYS)
     assign = carol.wait_for("assign", to=fake, n=0)
     sealed = p2p._seal(carol.key(assign, b"result"), answer())
-    tag = p2p._tag(carol.key(assign, b"lines"), "result", fake, assign["task"])
+    pair = carol.key(assign, b"lines")
     carol.say_payload("result", assign["id"], sealed, id=fake, task=assign["task"], free=0,
-                      tag=tag)
+                      pair=pair)
     diana.join(180)
     assert ran["answer"].returncode == 0, ran["answer"].stderr
     return ran["answer"], bobs["id"]
