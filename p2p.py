@@ -1036,9 +1036,8 @@ class _Peer:
         if isinstance(msg, _OtherVersion):
             if msg.version not in self._versions:
                 self._versions.add(msg.version)
-                log.warning("a peer on %s speaks protocol %s, we speak %d: everyone on a "
-                            "cluster needs a p2p.py of the same protocol; upgrade %s",
-                            self.cluster, msg.version, _VERSION, _to_upgrade([msg.version]))
+                log.warning("a peer on %s speaks protocol %s, we speak %d: %s", self.cluster,
+                            msg.version, _VERSION, _upgrade_advice([msg.version]))
             return
         if self.config.debug:
             log.debug("board: %s", line[:300].decode(errors="replace"))
@@ -1158,10 +1157,9 @@ class _Member(_Peer):
                     % (self.cluster, self.cluster.owner, self.user))
         if self._versions:
             return ("%s cannot reach cluster %s: no host answered in protocol %d within %gs, "
-                    "and a peer on its board speaks protocol %s. Everyone on a cluster needs "
-                    "a p2p.py of the same protocol: upgrade %s"
+                    "and a peer on its board speaks protocol %s: %s"
                     % (self.user, self.cluster, _VERSION, JOIN_TIMEOUT,
-                       " and ".join(sorted(self._versions)), _to_upgrade(self._versions)))
+                       " and ".join(sorted(self._versions)), _upgrade_advice(self._versions)))
         return (
             "%s cannot reach cluster %s: no host answered within %gs. Either it "
             "is not hosted right now, or %s is not on its access list (pico.sh then "
@@ -1349,9 +1347,10 @@ class _OtherVersion:
         self.version = version
 
 
-def _to_upgrade(versions):
-    """Whose p2p.py is behind, when peers speak these other protocol versions."""
-    return "ours" if any(int(v) > _VERSION for v in versions) else "theirs"
+def _upgrade_advice(versions):
+    """What to do when peers speak these other protocol versions."""
+    return "everyone on a cluster needs a p2p.py of the same protocol; upgrade %s" % (
+        "ours" if any(int(v) > _VERSION for v in versions) else "theirs")
 
 
 def _encode(kind, to="*", key=None, pair=None, **fields):
@@ -4244,8 +4243,8 @@ class _Worker(_Member):
         self._say_result(job)
 
     def _decline(self, client, slot, task, why, line_key):
-        self.say("decline", to=client, id=slot.id, task=task, why=why,
-                 **(dict(pair=line_key) if line_key else dict(tag="")))
+        # Without a line key (their share did not check) it goes untagged.
+        self.say("decline", to=client, id=slot.id, task=task, why=why, tag="", pair=line_key)
 
     def _say_result(self, job, only=None):
         """Say the job's result on the board (only these pieces, if given)."""
